@@ -1,0 +1,130 @@
+"""Checkpoints that never execute code on load.
+
+A checkpoint is a directory with ``model.safetensors`` (weights and buffers) and
+``state.pt`` (optimiser, strategy, objective, RNG states, history) loaded with
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers: a
+pickle payload that would construct arbitrary objects is refused. Writes are atomic: the
+directory is written under a temporary name and swapped in with renames, so a crash leaves
+either the old or the new checkpoint, never a mixture.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+def save(directory: Path, model: nn.Module, state: dict[str, Any] | None = None) -> None:
+    """Atomically write ``directory`` (replacing an existing checkpoint there)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "adaptrain"})
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        _fsync_dir(tmp)
+        old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    for f in directory.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def resolve(path: str | Path, which: str = "best") -> Path:
+    """A run directory, a checkpoint directory, or a weights file -> the file/dir to load."""
+    p = Path(path)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        p = p / "checkpoints" / which
+        if not p.is_dir():
+            raise CheckpointError("checkpoint", f"{path} has no {which!r} checkpoint yet")
+    if not p.exists():
+        raise CheckpointError("checkpoint", f"{path} does not exist")
+    return p
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a checkpoint dir, a ``.safetensors`` file, or a plain tensor-only ``.pt``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise CheckpointError("checkpoint", f"{p} does not exist")
+    if p.suffix == ".safetensors":
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError("checkpoint", f"{p} is not a valid safetensors file ({exc})") from None
+    state = safe_torch_load(p)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint", f"{p} holds no state dict of tensors")
+    return state
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers; refuses pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise CheckpointError(
+            "checkpoint",
+            f"refusing to load {path}: it contains a pickle payload that is not plain tensor "
+            f"data ({first[:160]}); only safetensors / weights-only checkpoints are accepted",
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError("checkpoint", f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    p = Path(directory) / STATE_FILE
+    if not p.is_file():
+        raise CheckpointError("checkpoint", f"{p} does not exist (not a resumable checkpoint)")
+    state = safe_torch_load(p)
+    if not isinstance(state, dict):
+        raise CheckpointError("checkpoint", f"{p} is not an adaptrain training state")
+    return state
+
+
+def load_into(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
+    """Load weights into ``model``; mismatched keys or shapes give a one-line error."""
+    weights = load_weights(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    bad = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    if strict and (missing or unexpected or bad):
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                else f"shape mismatch at {bad[:3]}")
+        raise CheckpointError("checkpoint", f"{path} does not fit this model ({what}); "
+                              "check model.name / model.width / data.name")
+    model.load_state_dict(weights, strict=strict)

@@ -1,0 +1,144 @@
+"""``adaptrain`` command line: train, eval, report, presets.
+
+Errors a user can fix (bad preset, field, value, missing data, unsafe checkpoint) print one
+line ``error: <field>: <message>`` and exit with code 2 before any work starts; a training
+failure (e.g. a non-finite loss) exits with code 1 and leaves the last checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import AdaptrainError, ConfigError, TrainingError
+
+
+def _writable_dir(out: Path) -> None:
+    """Fail early (ConfigError naming --out) if ``out`` cannot be created and written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write to {out}: {exc.strerror or exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import build_config, load_config_file, parse_overrides
+    from .train import train
+
+    if args.resume:
+        out = Path(args.resume)
+        cfg_path = out / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError("--resume", f"{out} is not a run directory (no config.yaml)")
+        over = parse_overrides(args.overrides)
+        if set(over) - {"epochs"}:
+            raise ConfigError("--resume", "only epochs=N may be changed when resuming")
+        cfg = load_config_file(cfg_path)
+        if "epochs" in over:
+            cfg.epochs = int(over["epochs"])
+        preset = args.preset or ""
+        resume = (out / "checkpoints" / "last").is_dir()
+    else:
+        if not args.preset:
+            raise ConfigError("preset", "give a preset name or YAML file (see `adaptrain presets`)")
+        if not args.out:
+            raise ConfigError("--out", "required: the run directory to write")
+        cfg = build_config(args.preset, args.overrides)
+        out = Path(args.out)
+        if (out / "checkpoints").exists():
+            raise ConfigError("--out", f"{out} already holds a run; use --resume {out} or "
+                              "another directory")
+        preset, resume = args.preset, False
+    _writable_dir(out)
+    train(cfg, out, resume=resume, preset=preset, progress=None if not args.quiet else False)
+    print(f"run written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval_cli import run_eval
+
+    return run_eval(args)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import load_preset, preset_names
+
+    names = preset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        desc = str(load_preset(name).get("description", "")).strip().splitlines()
+        print(f"{name:<{width}}  {desc[0] if desc else ''}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    return run_report(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adaptrain", description="Adversarial training with an "
+                                "adaptive adversary.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a preset or YAML config")
+    t.add_argument("preset", nargs="?", help="preset name (see `adaptrain presets`) or YAML path")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=2 model.width=16")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    e.add_argument("target", help="run directory, checkpoint directory or weights file")
+    e.add_argument("--attacks", default="clean,pgd-20",
+                   help="comma list: clean, pgd-K, pgd-K-R, cw-K (default clean,pgd-20)")
+    e.add_argument("--n", type=int, default=1000, help="number of test examples")
+    e.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the run's eval.eps)")
+    e.add_argument("--step-size", default=None, help="attack step (default: the run's)")
+    e.add_argument("--norm", default=None, choices=["linf", "l2"], help="threat model")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--config", default=None, help="config YAML for a bare checkpoint")
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json)")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("report", help="tables and plots from run directories")
+    r.add_argument("runs", nargs="+", help="run directories")
+    r.add_argument("--out", default=None, help="output directory (default: first run /report)")
+    r.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("presets", help="list presets with one-line descriptions")
+    s.set_defaults(fn=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except AdaptrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with `adaptrain train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

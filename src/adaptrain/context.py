@@ -1,0 +1,86 @@
+"""Objects the training loop hands to strategies and objectives.
+
+:class:`RunContext` is fixed for a run (sizes, schedule, seed); :class:`Batch` is one training
+step's data plus a cache of the clean eval-mode logits, so that a strategy (ECAS's entropy)
+and an objective (TRADES's KL reference) share one clean forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attacks.engine import frozen_model
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Facts about the run that components may size themselves by."""
+
+    num_train: int  # size of the training set; per-sample state is indexed by the loader's idx
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    epochs: int
+    batches_per_epoch: int
+    device: torch.device
+    seed: int
+    dataset: str = ""
+    lr_at: Callable[[float], float] = lambda t: 0.0  # lr at fractional epoch t
+    first_decay_epoch: int | None = None  # first epoch whose lr is below the peak (None: no decay)
+
+    def generator(self, offset: int) -> torch.Generator:
+        """A generator on the run's device seeded from the run seed; ``offset`` keeps roles apart."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.seed * 1_000_003 + offset)
+        return g
+
+
+@dataclass
+class StepInfo:
+    epoch: int  # 0-based
+    batch: int  # 0-based index within the epoch
+    global_step: int
+    lr: float
+
+
+@dataclass
+class Batch:
+    """One training batch: x (B, C, H, W) in [0, 1], y (B,), idx (B,) loader indices."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    step: StepInfo
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def clean_logits(self) -> torch.Tensor:
+        """Eval-mode clean logits (B, C), computed once per batch without gradients and without
+        touching BatchNorm statistics."""
+        if "clean_logits" not in self.cache:
+            with torch.no_grad(), frozen_model(self.model, "eval"):
+                self.cache["clean_logits"] = self.model(self.x).float()
+        return self.cache["clean_logits"]
+
+
+@dataclass
+class Feedback:
+    """What a strategy observes after the training loss of a batch was back-propagated.
+
+    Parameter gradients (``p.grad``) are still populated and the weights are those the loss
+    was computed with (AWP-perturbed when AWP is on); the optimiser step comes after
+    :meth:`Strategy.observe` returns.
+    """
+
+    batch: Batch
+    plan: Any  # AttackPlan
+    result: Any  # AttackResult
+    loss: torch.Tensor  # (B,) per-sample training loss, detached
+    logits_adv: torch.Tensor | None  # (B, C) train-mode logits on x_adv when the objective has them
+    optimizer: torch.optim.Optimizer
+    objective: Any
+    attack: Any

@@ -1,0 +1,43 @@
+"""Data sets decoded once into uint8 tensors, splits, and an on-device batch loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import digits, imagefolder, torchvision_sets  # noqa: F401  (registration)
+from .base import DATASETS, DataArrays, DataSpec
+from .loader import BatchLoader
+from .splits import Splits, make_splits
+
+__all__ = [
+    "DATASETS",
+    "BatchLoader",
+    "DataArrays",
+    "DataSpec",
+    "Splits",
+    "default_root",
+    "load_arrays",
+    "make_splits",
+]
+
+
+def default_root(name: str) -> Path:
+    """``$ADAPTRAIN_DATA/<name>``, or ``~/.cache/adaptrain/data/<name>`` when it is unset."""
+    base = os.environ.get("ADAPTRAIN_DATA")
+    parent = Path(base).expanduser() if base else Path.home() / ".cache" / "adaptrain" / "data"
+    return parent / name
+
+
+def load_arrays(
+    name: str, root: str | Path | None, download: bool = True, **fields: Any
+) -> DataArrays:
+    """Load the registered data set ``name`` from ``root`` (None: :func:`default_root`).
+
+    Unknown names raise ConfigError naming ``data.name``; missing files raise DataError
+    naming ``data.root``. ``fields`` go to the data set's own keyword arguments, if any.
+    """
+    entry = DATASETS.get(name)
+    path = default_root(name) if root is None or str(root) == "" else Path(root).expanduser()
+    return entry.builder(root=path, download=download, **fields)

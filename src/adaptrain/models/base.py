@@ -1,0 +1,48 @@
+"""The model contract every registered architecture follows.
+
+Models take images in [0, 1] of shape (B, C, H, W), normalise inside, and return logits
+(B, num_classes). ``features(x)`` returns the penultimate activations (B, feature_dim),
+used by UIAT's feature regulariser; ``forward(x) == head(features(x))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+# Builders receive these from the data set, the rest of their keyword arguments come from
+# the ``model:`` config section (e.g. ``width``, ``depth``, ``widen_factor``).
+MODELS: Registry[nn.Module] = Registry(
+    "model", injected=("num_classes", "in_channels", "image_size", "mean", "std")
+)
+
+
+class ImageClassifier(nn.Module):
+    """Base class: normalisation buffers, ``features`` and a linear ``head``."""
+
+    feature_dim: int
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def embed(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Penultimate features from the *normalised* input ``z``."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> (B, feature_dim)."""
+        return self.embed(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
+        return self.head(self.features(x))

@@ -1,0 +1,305 @@
+"""The training loop: strategy -> attack -> objective (+AWP) -> optimiser, once per batch.
+
+Read top to bottom: ``setup`` builds every component from the config, ``train`` runs the
+epochs and writes the run directory (config.yaml, metrics.csv, strategy.csv, summary.json,
+checkpoints/last and checkpoints/best). A resumed run reloads weights, optimiser, strategy,
+objective and every random generator, and continues exactly where the last completed epoch
+ended.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, checkpoint
+from .attacks import ATTACKS, Attack
+from .awp import AWP
+from .config import Config, parse_eval_attack
+from .context import Batch, Feedback, RunContext, StepInfo
+from .data import BatchLoader, load_arrays, make_splits
+from .errors import ConfigError, TrainingError
+from .evaluate import evaluate_attacks
+from .models import build_model
+from .objectives import OBJECTIVES, Objective
+from .schedules import first_decay_epoch, make_schedule
+from .strategies import STRATEGIES, Strategy
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"adaptrain": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built by :func:`setup`."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.SGD
+    loader: BatchLoader
+    val: tuple[torch.Tensor, torch.Tensor]
+    strategy: Strategy
+    objective: Objective
+    attack: Attack
+    awp: AWP | None
+    ctx: RunContext
+    generators: dict[str, torch.Generator]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    wall_time: float = 0.0
+
+    def amp(self):  # bf16 autocast for forward passes on CUDA
+        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if on else nullcontext()
+
+
+def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # model initialisation
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    arrays = load_arrays(cfg.data.name, cfg.data.root, cfg.data.download)
+    splits = make_splits(arrays, subset=cfg.data.subset, val_size=cfg.data.val_size,
+                         split_seed=cfg.data.split_seed)
+    spec = splits.spec
+    model = build_model(cfg.model, spec).to(device)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.init_from and not resume:
+        checkpoint.load_into(model, checkpoint.resolve(cfg.init_from, "best"))
+    o = cfg.optim
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                                nesterov=o.nesterov, weight_decay=o.weight_decay)
+    augment = cfg.data.augment
+    if augment == "auto":
+        augment = "crop_flip" if min(spec.image_size) >= 32 else "none"
+    ctx_probe = RunContext(0, 0, (0, 0, 0), 1, 1, device, cfg.seed)
+    generators = {"loader": ctx_probe.generator(1), "attack": ctx_probe.generator(2)}
+    loader = BatchLoader(splits.x_train, splits.y_train, batch_size=cfg.data.batch_size,
+                         device=device, shuffle=True, augment=augment,
+                         generator=generators["loader"], drop_last=False)
+    lr_at = make_schedule(o.schedule, o.lr, cfg.epochs, milestones=o.milestones,
+                          gamma=o.gamma, peak_at=o.peak_at)
+    ctx = RunContext(
+        num_train=int(splits.x_train.shape[0]), num_classes=spec.num_classes,
+        input_shape=tuple(splits.x_train.shape[1:]), epochs=cfg.epochs,
+        batches_per_epoch=len(loader), device=device, seed=cfg.seed, dataset=spec.name,
+        lr_at=lr_at, first_decay_epoch=first_decay_epoch(
+            o.schedule, cfg.epochs, milestones=o.milestones, peak_at=o.peak_at))
+    if splits.x_val.shape[0] > 0:
+        val = (splits.x_val[: cfg.eval.n], splits.y_val[: cfg.eval.n])
+    else:
+        val = (splits.x_test[: cfg.eval.n], splits.y_test[: cfg.eval.n])
+    run = Run(cfg=cfg, out=out, device=device, model=model, optimizer=optimizer, loader=loader,
+              val=val, strategy=STRATEGIES.build(cfg.strategy, ctx=ctx),
+              objective=OBJECTIVES.build(cfg.objective, ctx=ctx),
+              attack=ATTACKS.build(cfg.attack),
+              awp=AWP(model, cfg.awp) if cfg.awp.gamma > 0 else None,
+              ctx=ctx, generators=generators)
+    if resume:
+        restore(run)
+    return run
+
+
+def state_of(run: Run, epoch: int) -> dict[str, Any]:
+    return {
+        "epoch": epoch, "optimizer": run.optimizer.state_dict(),
+        "strategy": run.strategy.state_dict(), "objective": run.objective.state_dict(),
+        "awp": run.awp.state_dict() if run.awp else {},
+        "generators": {k: g.get_state() for k, g in run.generators.items()},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+        "history": run.history, "telemetry": run.telemetry, "wall_time": run.wall_time,
+    }
+
+
+def restore(run: Run) -> None:
+    ckpt = run.out / "checkpoints" / "last"
+    state = checkpoint.load_state(ckpt)
+    checkpoint.load_into(run.model, ckpt)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.strategy.load_state_dict(state["strategy"])
+    run.objective.load_state_dict(state["objective"])
+    if run.awp:
+        run.awp.load_state_dict(state["awp"])
+    for k, g in run.generators.items():
+        g.set_state(state["generators"][k])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.history, run.telemetry = list(state["history"]), list(state["telemetry"])
+    run.start_epoch, run.wall_time = int(state["epoch"]), float(state["wall_time"])
+
+
+def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
+    model, opt, cfg = run.model, run.optimizer, run.cfg
+    nb = len(run.loader)
+    run.strategy.start_epoch(epoch)
+    run.objective.start_epoch(epoch)
+    awp_on = run.awp is not None and epoch >= cfg.awp.warmup
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device)
+    seen = 0
+    for i, (x, y, idx) in enumerate(tqdm(run.loader, desc=f"epoch {epoch + 1}", leave=False,
+                                         disable=bar is False or None, dynamic_ncols=True)):
+        lr = run.ctx.lr_at(epoch + (i + 1) / nb)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr))
+        plan = run.objective.prepare(batch, run.strategy.plan(batch))
+        with run.amp():
+            result = run.attack(model, x, y, plan, generator=run.generators["attack"])
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        if awp_on:
+            with run.amp():
+                run.awp.perturb(lambda m, b=batch, xa=result.x_adv, p=plan:
+                                run.objective.loss(m, b, xa, p, commit=False)[0].mean())
+        with run.amp():
+            loss_vec, logits = run.objective.loss(model, batch, result.x_adv, plan)
+        loss = loss_vec.mean()
+        if not torch.isfinite(loss):
+            raise TrainingError("loss", f"non-finite training loss ({loss.item()}) at epoch "
+                                f"{epoch + 1}, batch {i + 1}; the last good checkpoint is "
+                                f"{run.out / 'checkpoints' / 'last'} — try a lower optim.lr")
+        loss.backward()
+        run.strategy.observe(Feedback(batch, plan, result, loss_vec.detach(),
+                                      None if logits is None else logits.detach(), opt,
+                                      run.objective, run.attack))
+        opt.step()
+        if awp_on:
+            run.awp.restore()
+        loss_sum += loss.detach() * x.shape[0]
+        if logits is not None:
+            correct += (logits.detach().argmax(1) == y).sum()
+        seen += x.shape[0]
+    return {"lr": lr, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+
+def validate(run: Run, epoch: int) -> dict[str, float]:
+    e = run.cfg.eval
+    x, y = run.val
+    norm = run.cfg.attack.get("norm", "linf")
+    res = evaluate_attacks(run.model, x, y, [e.attack], eps=e.eps, step_size=e.step_size,
+                           norm=norm, batch_size=run.cfg.data.eval_batch_size,
+                           seed=run.cfg.seed * 7919 + epoch, device=run.device)
+    robust = res.get(e.attack, res["clean"])
+    return {"clean_acc": res["clean"].float().mean().item(),
+            "robust_acc": robust.float().mean().item()}
+
+
+def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
+          progress: bool | None = None, log=print) -> dict[str, Any]:
+    """Run (or resume) training into ``out``; returns the summary dict."""
+    run = setup(cfg, out, resume=resume)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.dump())
+    kind, steps, restarts = parse_eval_attack(cfg.eval.attack)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
+        row["train_time_s"] = time.perf_counter() - t0
+        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+            t1 = time.perf_counter()
+            row.update(validate(run, epoch))
+            row["eval_time_s"] = time.perf_counter() - t1
+        row.update(run.objective.end_epoch(epoch))
+        run.telemetry.append({"epoch": epoch + 1, **run.strategy.end_epoch(epoch)})
+        run.wall_time += time.perf_counter() - t0
+        run.history.append(row)
+        best = best_row(run.history, cfg.eval.select)
+        checkpoint.save(out / "checkpoints" / "last", run.model, state_of(run, epoch + 1))
+        if best is row:
+            checkpoint.save(out / "checkpoints" / "best", run.model,
+                            {"epoch": epoch + 1, "metrics": row})
+        write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
+        log(epoch_line(row, cfg.epochs, kind, steps))
+    return write_outputs(run, preset, finished=True)
+
+
+def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
+    key = "robust_acc" if select == "robust" else "clean_acc"
+    scored = [r for r in history if key in r]
+    return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
+
+
+def epoch_line(row: dict[str, Any], epochs: int, kind: str, steps: int) -> str:
+    s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+         f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
+    if "clean_acc" in row:
+        s += f"  |  val clean {row['clean_acc']:.3f}  {kind}-{steps} {row['robust_acc']:.3f}"
+    return s
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def write_outputs(run: Run, preset: str, finished: bool) -> dict[str, Any]:
+    _write_csv(run.out / "metrics.csv", run.history)
+    if any(len(t) > 1 for t in run.telemetry):
+        _write_csv(run.out / "strategy.csv", run.telemetry)
+    best = best_row(run.history, run.cfg.eval.select)
+    last = next((r for r in reversed(run.history) if "clean_acc" in r), None)
+
+    def pick(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if r is None else {"epoch": r["epoch"], "clean_acc": r["clean_acc"],
+                                       "robust_acc": r["robust_acc"]}
+
+    e = run.cfg.eval
+    summary = {
+        "preset": preset, "finished": finished, "epochs_completed": len(run.history),
+        "best_epoch": None if best is None else best["epoch"], "best": pick(best),
+        "last": pick(last),
+        "eval": {"attack": e.attack, "eps": e.eps, "step_size": e.step_size, "n": len(run.val[1]),
+                 "split": "val" if run.cfg.data.val_size > 0 else "test",
+                 "norm": run.cfg.attack.get("norm", "linf"), "select": e.select},
+        "wall_time_s": round(run.wall_time, 3), "device": str(run.device),
+        "versions": versions(),
+    }
+    tmp = run.out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    tmp.replace(run.out / "summary.json")
+    return summary
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    raise TypeError(type(v).__name__)
