@@ -13,6 +13,7 @@ from torch import nn
 
 from ..threat import bcast, clip_box, per_sample, random_delta
 from . import engine
+from .base import ATTACKS, Attack, BNMode, NormName, StartName
 from .losses import LossFn, make_loss
 from .plan import AttackPlan, AttackResult
 
@@ -108,3 +109,10 @@ class _SubBatch:
             return fn(model, x_in, y, outer[rows])
 
         return sub_loss
+
+
+@ATTACKS.register("pgd")
+def pgd_attack(norm: NormName = "linf", random_start: StartName = "auto", bn: BNMode = "eval",
+               restarts: int = 1) -> Attack:
+    """Projected gradient descent (Madry et al. 2018) with per-sample eps / step / steps."""
+    return Attack("pgd", pgd, norm=norm, random_start=random_start, bn=bn, restarts=restarts)

@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import digits, imagefolder, torchvision_sets  # noqa: F401  (registration)
+from ..autoload import import_submodules
 from .base import DATASETS, DataArrays, DataSpec
 from .loader import BatchLoader
 from .splits import Splits, make_splits
+
+import_submodules(__name__, __path__, skip=("base", "loader", "splits"))
 
 __all__ = [
     "DATASETS",

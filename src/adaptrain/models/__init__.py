@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import preact_resnet, resnet, small_cnn, wrn  # noqa: F401  (importing registers them)
+from ..autoload import import_submodules
 from .base import MODELS, ImageClassifier
+
+import_submodules(__name__, __path__)  # every module registers its architectures
 
 if TYPE_CHECKING:
     from ..data.base import DataSpec

@@ -1,8 +1,11 @@
-"""Strategies registry: one file per strategy, registered with ``@STRATEGIES.register``."""
+"""Strategies: who decides each sample's attack. One file per strategy; every module in this
+package is imported, so its ``@STRATEGIES.register`` line is all a new strategy needs."""
 
 from __future__ import annotations
 
-from . import fixed, none  # noqa: F401  (registration)
+from ..autoload import import_submodules
 from .base import STRATEGIES, Strategy
+
+import_submodules(__name__, __path__)
 
 __all__ = ["STRATEGIES", "Strategy"]
