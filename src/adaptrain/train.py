@@ -168,8 +168,9 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device)
     seen = 0
-    for i, (x, y, idx) in enumerate(tqdm(run.loader, desc=f"epoch {epoch + 1}", leave=False,
-                                         disable=bar is False or None, dynamic_ncols=True)):
+    batches = tqdm(run.loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+                   disable=True if bar is False else None)
+    for i, (x, y, idx) in enumerate(batches):
         lr = run.ctx.lr_at(epoch + (i + 1) / nb)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -217,13 +218,19 @@ def validate(run: Run, epoch: int) -> dict[str, float]:
 
 
 def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
-          progress: bool | None = None, log=print) -> dict[str, Any]:
-    """Run (or resume) training into ``out``; returns the summary dict."""
+          progress: bool | None = None, log=tqdm.write) -> dict[str, Any]:
+    """Run (or resume) training into ``out``; returns the summary dict.
+
+    ``progress``: None shows bars only on a terminal, False never. ``log`` receives the
+    one-line summary of each epoch.
+    """
     run = setup(cfg, out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.dump())
     kind, steps, restarts = parse_eval_attack(cfg.eval.attack)
-    for epoch in range(run.start_epoch, cfg.epochs):
+    epochs = tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", initial=run.start_epoch,
+                  total=cfg.epochs, disable=True if progress is False else None, dynamic_ncols=True)
+    for epoch in epochs:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
         row["train_time_s"] = time.perf_counter() - t0
