@@ -2,8 +2,8 @@
 
 A preset is a YAML file in ``adaptrain/presets/`` (or any path) with a one-line
 ``description`` and optionally ``base: <other preset>`` whose values it overrides. Sections
-``model``, ``strategy``, ``attack`` and ``objective`` are checked against the registered
-component's keyword parameters; the other sections are the dataclasses below. Changing a
+``model``, ``strategy``, ``attack``, ``objective`` and ``regularizer`` are checked against the
+registered component's keyword parameters; the other sections are the dataclasses below. Changing a
 component's ``name`` (in a preset or on the command line) starts its section afresh, so
 fields of the previous component do not leak into the new one.
 """
@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .registry import coerce
 from .schedules import SCHEDULES
 
-COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective")
+COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective", "regularizer")
 EVAL_ATTACK_HELP = "clean, pgd-K, pgd-K-R (R restarts), cw-K"
 
 
@@ -86,6 +86,7 @@ class Config:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fixed"})
     attack: dict[str, Any] = field(default_factory=lambda: {"name": "pgd"})
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})
+    regularizer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     awp: AWPConfig = field(default_factory=AWPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -248,6 +249,7 @@ def validate(cfg: Config) -> None:
     from .data import DATASETS
     from .models import MODELS
     from .objectives import OBJECTIVES
+    from .regularizers import REGULARIZERS
     from .strategies import STRATEGIES
 
     _check(cfg.epochs >= 1, "epochs", f"must be >= 1, got {cfg.epochs}")
@@ -284,7 +286,7 @@ def validate(cfg: Config) -> None:
     _check(e.select in ("robust", "clean"), "eval.select", f"{e.select!r}; allowed: robust, clean")
     parse_eval_attack(e.attack)
     for section, registry in (("model", MODELS), ("strategy", STRATEGIES), ("attack", ATTACKS),
-                              ("objective", OBJECTIVES)):
+                              ("objective", OBJECTIVES), ("regularizer", REGULARIZERS)):
         body = dict(getattr(cfg, section))
         name = body.pop("name", None)
         if name is None:

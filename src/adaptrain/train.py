@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint
-from .attacks import ATTACKS, Attack
+from .attacks import ATTACKS, Attack, AttackPlan
 from .awp import AWP
 from .config import Config, parse_eval_attack
 from .context import Batch, Feedback, RunContext, StepInfo
@@ -32,6 +32,7 @@ from .errors import ConfigError, TrainingError
 from .evaluate import evaluate_attacks
 from .models import build_model
 from .objectives import OBJECTIVES, Objective
+from .regularizers import REGULARIZERS, Regularizer
 from .schedules import first_decay_epoch, make_schedule
 from .strategies import STRATEGIES, Strategy
 
@@ -64,6 +65,7 @@ class Run:
     val: tuple[torch.Tensor, torch.Tensor]
     strategy: Strategy
     objective: Objective
+    regularizer: Regularizer
     attack: Attack
     awp: AWP | None
     ctx: RunContext
@@ -121,6 +123,7 @@ def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
     run = Run(cfg=cfg, out=out, device=device, model=model, optimizer=optimizer, loader=loader,
               val=val, strategy=STRATEGIES.build(cfg.strategy, ctx=ctx),
               objective=OBJECTIVES.build(cfg.objective, ctx=ctx),
+              regularizer=REGULARIZERS.build(cfg.regularizer, ctx=ctx),
               attack=ATTACKS.build(cfg.attack),
               awp=AWP(model, cfg.awp) if cfg.awp.gamma > 0 else None,
               ctx=ctx, generators=generators)
@@ -133,6 +136,7 @@ def state_of(run: Run, epoch: int) -> dict[str, Any]:
     return {
         "epoch": epoch, "optimizer": run.optimizer.state_dict(),
         "strategy": run.strategy.state_dict(), "objective": run.objective.state_dict(),
+        "regularizer": run.regularizer.state_dict(),
         "awp": run.awp.state_dict() if run.awp else {},
         "generators": {k: g.get_state() for k, g in run.generators.items()},
         "torch_rng": torch.get_rng_state(),
@@ -148,6 +152,7 @@ def restore(run: Run) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.strategy.load_state_dict(state["strategy"])
     run.objective.load_state_dict(state["objective"])
+    run.regularizer.load_state_dict(state.get("regularizer", {}))
     if run.awp:
         run.awp.load_state_dict(state["awp"])
     for k, g in run.generators.items():
@@ -157,6 +162,14 @@ def restore(run: Run) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     run.history, run.telemetry = list(state["history"]), list(state["telemetry"])
     run.start_epoch, run.wall_time = int(state["epoch"]), float(state["wall_time"])
+
+
+def training_loss(run: Run, model: torch.nn.Module, batch: Batch, x_adv: torch.Tensor,
+                  plan: AttackPlan, commit: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Objective + regulariser, per sample (B,), and the objective's logits on x_adv."""
+    loss_vec, logits = run.objective.loss(model, batch, x_adv, plan, commit=commit)
+    extra = run.regularizer.term(model, batch, x_adv, plan, commit=commit)
+    return (loss_vec if extra is None else loss_vec + extra), logits
 
 
 def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
@@ -183,9 +196,9 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         if awp_on:
             with run.amp():
                 run.awp.perturb(lambda m, b=batch, xa=result.x_adv, p=plan:
-                                run.objective.loss(m, b, xa, p, commit=False)[0].mean())
+                                training_loss(run, m, b, xa, p, commit=False)[0].mean())
         with run.amp():
-            loss_vec, logits = run.objective.loss(model, batch, result.x_adv, plan)
+            loss_vec, logits = training_loss(run, model, batch, result.x_adv, plan)
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
             raise TrainingError("loss", f"non-finite training loss ({loss.item()}) at epoch "
