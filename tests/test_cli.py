@@ -34,6 +34,8 @@ def errors(capsys, *argv: str) -> tuple[int, str]:
         (("train", "quickstart", "optim.schedule=zigzag"), "optim.schedule", "cosine"),
         (("train", "quickstart", "epochs=two"), "epochs", "integer"),
         (("train", "quickstart", "data.subset=999999"), "data.subset", "larger"),
+        (("train", "quickstart", "eval.attack=pgd-x"), "eval.attack", "pgd-K"),
+        (("train", "quickstart", "regularizer.name=magic"), "regularizer.name", "none"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field(capsys, tmp_path, argv, field, mentions):
@@ -73,6 +75,19 @@ def test_eval_refuses_a_malicious_checkpoint(capsys, tmp_path):
     assert not os.path.exists("/tmp/adaptrain-pwned-cli")
 
 
+@pytest.mark.parametrize(("argv", "field"), [
+    (("--attacks", "clean,pgd-x"), "--attacks"),
+    (("--eps", "-1"), "--eps"),
+    (("--eps-curve", "0,abc"), "--eps-curve"),
+    (("--attacks", "aa", "--aa-version", "custom"), "--aa-attacks"),
+    (("--step-size", "eps/zero"), "--step-size"),
+    (("--n", "0"), "--n"),
+])
+def test_eval_bad_arguments_are_one_line_naming_the_option(capsys, tmp_path, argv, field):
+    code, err = errors(capsys, "eval", str(tmp_path / "nothing-here"), *argv)
+    assert code == 2 and err.startswith(f"error: {field}:") and len(err.splitlines()) == 1, err
+
+
 def test_presets_lists_every_preset_with_a_description(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -92,7 +107,8 @@ def test_quickstart_end_to_end_in_a_subprocess(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["best_epoch"] in (1, 2, 3)
     proc = subprocess.run([sys.executable, "-m", "adaptrain.cli", "eval", str(out), "--attacks",
-                           "clean,pgd-10,cw-10", "--n", "100"], env=env, capture_output=True,
+                           "clean,pgd-10,cw-10", "--n", "100", "--no-cascade",
+                           "--eps-curve", "0,0.05,0.1", "--quiet"], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "eval" / "best.json").read_text())
@@ -100,4 +116,12 @@ def test_quickstart_end_to_end_in_a_subprocess(tmp_path):
     acc = result["accuracy"]
     assert set(acc) == {"clean", "pgd-10", "cw-10"}
     assert 0 <= acc["pgd-10"] <= acc["clean"] and 0 <= acc["cw-10"] <= acc["clean"]
-    assert {"adaptrain", "torch"} <= set(result["provenance"])
+    assert {"adaptrain", "torch", "autoattack", "seed", "n"} <= set(result["provenance"])
+    assert result["mode"] == "independent"
+    assert result["worst_case"] <= min(acc["pgd-10"], acc["cw-10"])
+    assert result["curve"]["eps"] == [0, 0.05, 0.1] and result["curve"]["accuracy"][0] == acc["clean"]
+    assert result["rd"] is not None and {c["name"] for c in result["checks"]} >= {
+        "robust <= clean", "accuracy non-increasing in eps", "no zero input gradients"}
+    assert (out / "eval" / "best.md").read_text().startswith("Evaluation of")
+    assert (out / "eval" / "best.curve.png").stat().st_size > 1000
+    assert not (out / "eval" / "best.state.json").exists()  # removed once complete

@@ -97,20 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
-    e.add_argument("target", help="run directory, checkpoint directory or weights file")
-    e.add_argument("--attacks", default="clean,pgd-20",
-                   help="comma list: clean, pgd-K, pgd-K-R, cw-K (default clean,pgd-20)")
-    e.add_argument("--n", type=int, default=1000, help="number of test examples")
-    e.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the run's eval.eps)")
-    e.add_argument("--step-size", default=None, help="attack step (default: the run's)")
-    e.add_argument("--norm", default=None, choices=["linf", "l2"], help="threat model")
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    e.add_argument("--config", default=None, help="config YAML for a bare checkpoint")
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json)")
+    from .eval_cli import add_arguments
+
+    add_arguments(e)
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("report", help="tables and plots from run directories")

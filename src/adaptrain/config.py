@@ -24,7 +24,6 @@ from .registry import coerce
 from .schedules import SCHEDULES
 
 COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective", "regularizer")
-EVAL_ATTACK_HELP = "clean, pgd-K, pgd-K-R (R restarts), cw-K"
 
 
 @dataclass
@@ -62,7 +61,7 @@ class AWPConfig:
 @dataclass
 class EvalConfig:
     n: int = 1000  # validation examples evaluated after each epoch
-    attack: str = "pgd-10"  # clean, pgd-K, pgd-K-R, cw-K
+    attack: str = "pgd-10"  # clean, pgd-K, pgd-K-R, cw-K, fgsm, apgd-ce, ... (adaptrain.evaluate.specs)
     eps: float = 8 / 255
     step_size: float = 2 / 255
     every: int = 1  # evaluate every this many epochs (and always after the last)
@@ -229,24 +228,11 @@ def _check(ok: bool, field_name: str, message: str) -> None:
         raise ConfigError(field_name, message)
 
 
-def parse_eval_attack(spec: str, where: str = "eval.attack") -> tuple[str, int, int]:
-    """'clean' -> ('clean', 0, 1); 'pgd-20' -> ('pgd', 20, 1); 'pgd-50-10' -> ('pgd', 50, 10)."""
-    parts = spec.strip().lower().split("-")
-    if parts == ["clean"]:
-        return "clean", 0, 1
-    try:
-        kind, steps, restarts = parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
-    except (IndexError, ValueError):
-        raise ConfigError(where, f"cannot parse {spec!r}; allowed: {EVAL_ATTACK_HELP}") from None
-    if kind not in ("pgd", "cw") or len(parts) > 3 or steps < 1 or restarts < 1:
-        raise ConfigError(where, f"cannot parse {spec!r}; allowed: {EVAL_ATTACK_HELP}")
-    return kind, steps, restarts
-
-
 def validate(cfg: Config) -> None:
     """Range checks and registry lookups; raises ConfigError naming the first bad field."""
     from .attacks import ATTACKS
     from .data import DATASETS
+    from .evaluate.specs import parse_spec
     from .models import MODELS
     from .objectives import OBJECTIVES
     from .regularizers import REGULARIZERS
@@ -284,7 +270,7 @@ def validate(cfg: Config) -> None:
     _check(e.eps >= 0, "eval.eps", f"must be >= 0, got {e.eps}")
     _check(e.every >= 1, "eval.every", f"must be >= 1, got {e.every}")
     _check(e.select in ("robust", "clean"), "eval.select", f"{e.select!r}; allowed: robust, clean")
-    parse_eval_attack(e.attack)
+    parse_spec(e.attack, "eval.attack")
     for section, registry in (("model", MODELS), ("strategy", STRATEGIES), ("attack", ATTACKS),
                               ("objective", OBJECTIVES), ("regularizer", REGULARIZERS)):
         body = dict(getattr(cfg, section))

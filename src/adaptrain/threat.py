@@ -129,3 +129,71 @@ def random_delta(
     direction = g / bcast(norm(g, p) + _TINY, g)
     r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
     return direction * bcast(r * radius, x)
+
+
+# ---------------------------------------------------------------------------------------
+# keyed randomness: the random start of example k depends on (seed, k) only, not on which
+# other examples share its batch, so a cascade, a resumed evaluation and a different batch
+# size all draw the same numbers for the same example.
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(v: int) -> int:
+    v &= _MASK64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser (Steele et al. 2014) on int64 tensors, wrapping arithmetic."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def keyed_uniform(keys: torch.Tensor, shape: tuple[int, ...], seed: int, stream: int = 0,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U[0, 1) noise of shape (B, *shape) where row i depends only on (seed, stream, keys[i]).
+
+    keys: (B,) int64 example identifiers (e.g. indices into the evaluation set); ``stream``
+    separates independent draws for the same example (restarts, different attacks).
+    """
+    d = 1
+    for s in shape:
+        d *= int(s)
+    base = _splitmix64(torch.tensor([_signed(seed * 0x100000001B3 + stream)], dtype=torch.int64,
+                                    device=keys.device))
+    counter = keys.to(torch.int64)[:, None] * d + torch.arange(d, device=keys.device)[None, :]
+    z = _splitmix64(counter ^ base)
+    u = _shr(z, 11).to(torch.float64) * (1.0 / (1 << 53))  # 53 random bits -> [0, 1)
+    return u.to(dtype).view(keys.shape[0], *shape)
+
+
+def keyed_start(keys: torch.Tensor, like: torch.Tensor, eps: torch.Tensor, p: str, seed: int,
+                stream: int = 0) -> torch.Tensor:
+    """Uniform random start in each sample's ``p``-ball of radius eps_i (B,), drawn with
+    :func:`keyed_uniform` so that row i depends only on (seed, stream, keys[i])."""
+    shape = tuple(like.shape[1:])
+    u = keyed_uniform(keys, shape, seed, 2 * stream, dtype=like.dtype)
+    if p == "linf":
+        return (2 * u - 1) * bcast(eps, like)
+    if p != "l2":
+        raise ValueError(f"keyed random start supports linf and l2, got {p!r}")
+    # Box-Muller on a second stream gives a keyed Gaussian direction; radius eps * U^(1/d)
+    v = keyed_uniform(keys, shape, seed, 2 * stream + 1, dtype=torch.float64)
+    g = (torch.sqrt(-2 * torch.log1p(-v)) * torch.cos(2 * torch.pi * u.double())).to(like.dtype)
+    direction = g / bcast(norm(g, "l2") + _TINY, g)
+    d = like[0].numel()
+    r = keyed_uniform(keys, (1,), seed, 2 * stream + 7919, dtype=like.dtype).squeeze(1) ** (1.0 / d)
+    return direction * bcast(r * eps, like)

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoint
 from .attacks import ATTACKS, Attack, AttackPlan
 from .awp import AWP
-from .config import Config, parse_eval_attack
+from .config import Config
 from .context import Batch, Feedback, RunContext, StepInfo
 from .data import BatchLoader, load_arrays, make_splits
 from .errors import ConfigError, TrainingError
-from .evaluate import evaluate_attacks
+from .evaluate import evaluate_attacks, parse_spec
 from .models import build_model
 from .objectives import OBJECTIVES, Objective
 from .regularizers import REGULARIZERS, Regularizer
@@ -225,7 +225,7 @@ def validate(run: Run, epoch: int) -> dict[str, float]:
     res = evaluate_attacks(run.model, x, y, [e.attack], eps=e.eps, step_size=e.step_size,
                            norm=norm, batch_size=run.cfg.data.eval_batch_size,
                            seed=run.cfg.seed * 7919 + epoch, device=run.device)
-    robust = res.get(e.attack, res["clean"])
+    robust = res.get(parse_spec(e.attack).name, res["clean"])
     return {"clean_acc": res["clean"].float().mean().item(),
             "robust_acc": robust.float().mean().item()}
 
@@ -240,7 +240,6 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
     run = setup(cfg, out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.dump())
-    kind, steps, restarts = parse_eval_attack(cfg.eval.attack)
     epochs = tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", initial=run.start_epoch,
                   total=cfg.epochs, disable=True if progress is False else None, dynamic_ncols=True)
     for epoch in epochs:
@@ -261,7 +260,7 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
             checkpoint.save(out / "checkpoints" / "best", run.model,
                             {"epoch": epoch + 1, "metrics": row})
         write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
-        log(epoch_line(row, cfg.epochs, kind, steps))
+        log(epoch_line(row, cfg.epochs, cfg.eval.attack))
     return write_outputs(run, preset, finished=True)
 
 
@@ -271,11 +270,11 @@ def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | Non
     return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
 
 
-def epoch_line(row: dict[str, Any], epochs: int, kind: str, steps: int) -> str:
+def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:
     s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
          f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
     if "clean_acc" in row:
-        s += f"  |  val clean {row['clean_acc']:.3f}  {kind}-{steps} {row['robust_acc']:.3f}"
+        s += f"  |  val clean {row['clean_acc']:.3f}  {attack} {row['robust_acc']:.3f}"
     return s
 
 

@@ -1,0 +1,74 @@
+"""Robustness evaluation: clean, PGD-K-R, CW-K-R, FGSM, the official AutoAttack (standard /
+rand / custom subsets), worst case over attacks (cascade or independent), eps-curves with
+robustness disparity, corruption robustness, sanity checks, resumable state.
+
+Training's per-epoch model selection calls :func:`evaluate_attacks`, which runs the same
+attack code as ``adaptrain eval``, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..attacks import engine
+from .curve import plot_curves, robustness_disparity
+from .guards import EvaluationError, eval_mode
+from .runner import EvalSettings, Evaluator, evaluate
+from .specs import AttackSpec, parse_list, parse_spec, parse_step
+from .state import EvalState
+
+__all__ = [
+    "AttackSpec", "EvalSettings", "EvalState", "EvaluationError", "attack_correct", "batches",
+    "eval_mode", "evaluate", "evaluate_attacks", "parse_list", "parse_spec", "parse_step",
+    "plot_curves", "predict", "robustness_disparity",
+]
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+            ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield (slice, x float [0,1] on device, y on device); x may be uint8 or float."""
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, min(start + batch_size, x.shape[0]))
+        xb = x[sl].to(device, non_blocking=True)
+        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+        yield sl, xb, y[sl].to(device, non_blocking=True)
+
+
+def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str],
+                     *, eps: float, step_size: float, norm: str = "linf", batch_size: int = 256,
+                     seed: int = 0, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Per-example correctness (N,) bool for ``clean`` and each attack, each attack run on the
+    clean-correct examples (independent mode, no state file, no sanity checks)."""
+    device = device or next(model.parameters()).device
+    settings = EvalSettings(attacks=list(attacks), eps=eps, step=step_size, norm=norm, seed=seed,
+                            batch_size=batch_size, cascade=False)
+    specs = parse_list(list(attacks))
+    n = int(y.shape[0])
+    state = EvalState(None, "", n)
+    with engine.frozen_model(model, "eval"):
+        ev = Evaluator(model, x, y, settings, state, device, progress=False)
+        everything = torch.ones(n, dtype=torch.bool)
+        clean = ev.run("clean", everything, ev.clean_chunk)
+        out = {"clean": clean}
+        for spec in specs[1:]:
+            alive, _ = ev.entry("", spec, clean, eps, step_size)
+            out[spec.name] = alive
+    return out
+
+
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+            device: torch.device | None = None) -> torch.Tensor:
+    """(N,) bool: clean correctness, in eval mode."""
+    return evaluate_attacks(model, x, y, ["clean"], eps=0.0, step_size=0.0,
+                            batch_size=batch_size, device=device)["clean"]
+
+
+def attack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: str, *,
+                   eps: float, step_size: float, norm: str = "linf", batch_size: int = 256,
+                   seed: int = 0, device: torch.device | None = None) -> torch.Tensor:
+    """(N,) bool: correct both clean and under ``spec`` ('pgd-20', 'cw-20', 'fgsm', 'apgd-ce')."""
+    return evaluate_attacks(model, x, y, [spec], eps=eps, step_size=step_size, norm=norm,
+                            batch_size=batch_size, seed=seed, device=device)[parse_spec(spec).name]
