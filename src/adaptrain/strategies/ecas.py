@@ -1,0 +1,252 @@
+"""ECAS: entropy-guided cyclical adversarial strategy (Kuurila-Zhang, Chen and Zhao 2023,
+"Adaptive Adversarial Norm Space for Efficient Adversarial Training"; Eq. 2, Algorithm 1).
+
+Per batch, every sample gets an L-inf budget eps_i (threat model ||delta_i||_inf <= eps_i,
+x + delta in [0, 1]):
+
+1. the *scheduled* budget k of the batch comes from a schedule over the integer budget list
+   ``[eps_min .. eps_max]`` (``fixed | linear | cyclic | cyclic-batch``, see
+   :mod:`.budget_schedules`; ``cyclic`` is the paper's Eq. 2);
+2. with ``entropy: true`` (Algorithm 1) the softmax entropy H_i of the *clean* prediction
+   decides per sample: H_i > h_high -> the smallest budget of the list (the model is unsure,
+   the sample is near the boundary: shrink); H_i < h_low -> one of the ``n_large`` (3) largest
+   budgets, drawn uniformly per sample from the strategy's own seeded generator
+   (``draw: batch`` draws once per batch, as the authors' code does); otherwise k.
+
+The clean logits come from ``Batch.clean_logits()``: one no-grad eval-mode forward that leaves
+BatchNorm statistics alone and that TRADES reuses as its KL reference, so ECAS adds one
+forward pass per batch to PGD-AT / MART / AWP and none to TRADES.
+
+Step size: ``step_rule: ratio`` gives alpha_i = step_ratio * eps_i (1/4: every sample can reach
+its own budget in 10 steps); ``step_rule: epoch`` gives the reference code's
+2 * eps_sched / steps for all samples (2 * eps_epoch / 10 at the default 10 steps).
+
+Thresholds (nats): defaults of the authors' code, CIFAR-10 2.274 / 1.3 and CIFAR-100
+4.582 / 3.35, and for any other data set 0.988 * ln C / 0.565 * ln C (their CIFAR-10 values as
+fractions of the maximal entropy). ``thresholds: calibrate`` measures them as the paper
+describes: h_high = mean clean entropy of the model before its first update (on the first
+training batch), h_low = mean clean entropy of a trained checkpoint (``calibrate_from``,
+weights only) on the same batch.
+
+Units: budgets are integers in ``eps_unit`` (default 1/255); plans carry eps in [0, 1] image
+units. Shapes: x (B, C, H, W), eps / step_size (B,).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint
+from ..attacks.engine import frozen_model
+from ..attacks.plan import AttackPlan
+from ..component import require
+from ..context import Batch, RunContext
+from ..errors import CheckpointError, ConfigError
+from .base import STRATEGIES, Strategy
+from .budget_schedules import budget_list, scheduled_budget
+
+GENERATOR_OFFSET = 105  # ctx.generator offset of ECAS's draws (loader 1, attack 2)
+# (h_high, h_low) in nats from the authors' code, per data set name
+DATASET_THRESHOLDS = {"cifar10": (2.274, 1.3), "cifar100": (4.582, 3.35)}
+# the CIFAR-10 values as fractions of ln C, for every other data set
+H_HIGH_FRACTION, H_LOW_FRACTION = 0.988, 0.565
+
+Schedule = Literal["fixed", "linear", "cyclic", "cyclic-batch"]  # = budget_schedules.SCHEDULES
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax entropy in nats per row: (B, C) -> (B,), computed in float32."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def default_thresholds(dataset: str, num_classes: int) -> tuple[float, float]:
+    """(h_high, h_low) for a data set: the authors' CIFAR values, else fractions of ln C."""
+    if dataset in DATASET_THRESHOLDS:
+        return DATASET_THRESHOLDS[dataset]
+    h_max = math.log(max(num_classes, 1))
+    return H_HIGH_FRACTION * h_max, H_LOW_FRACTION * h_max
+
+
+@STRATEGIES.register("ecas")
+class ECAS(Strategy):
+    """ECAS (Kuurila-Zhang et al. 2023): cyclic per-epoch budgets + entropy-guided per-sample budgets."""
+
+    state_keys = ("generator", "batch_count", "h_high", "h_low", "calibrated")
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        eps_min: int = 3,
+        eps_max: int = 12,
+        eps_unit: float = 1 / 255,
+        schedule: Schedule = "cyclic",
+        eps_fixed: int = 8,
+        entropy: bool = True,
+        thresholds: Literal["default", "calibrate"] = "default",
+        h_high: float | None = None,
+        h_low: float | None = None,
+        calibrate_from: str | None = None,
+        draw: Literal["sample", "batch"] = "sample",
+        n_large: int = 3,
+        step_rule: Literal["ratio", "epoch"] = "ratio",
+        step_ratio: float = 0.25,
+        steps: int = 10,
+    ) -> None:
+        """Budgets ``eps_min``..``eps_max`` and ``eps_fixed`` are integers in ``eps_unit``
+        (default 1/255); ``eps_fixed`` is used by ``schedule: fixed`` only. ``h_high`` /
+        ``h_low`` (nats) default to the data set's values (see module docstring)."""
+        super().__init__(ctx)
+        require(eps_min >= 0, "strategy.eps_min", f"must be >= 0, got {eps_min}")
+        require(eps_max >= eps_min, "strategy.eps_max",
+                f"must be >= eps_min ({eps_min}), got {eps_max}")
+        require(eps_unit > 0, "strategy.eps_unit", f"must be > 0, got {eps_unit}")
+        require(eps_max * eps_unit <= 1.0, "strategy.eps_max",
+                f"{eps_max} x eps_unit {eps_unit:.5g} exceeds the [0, 1] image range")
+        require(schedule != "fixed" or eps_min <= eps_fixed <= eps_max, "strategy.eps_fixed",
+                f"must lie in [eps_min, eps_max] = [{eps_min}, {eps_max}], got {eps_fixed}")
+        require(steps >= 1, "strategy.steps", f"must be >= 1, got {steps}")
+        require(step_ratio > 0, "strategy.step_ratio", f"must be > 0, got {step_ratio}")
+        self.budgets = budget_list(eps_min, eps_max)
+        require(1 <= n_large <= len(self.budgets), "strategy.n_large",
+                f"must be in [1, {len(self.budgets)}] (the number of budgets), got {n_large}")
+        require(calibrate_from is None or thresholds == "calibrate", "strategy.calibrate_from",
+                "is only used with strategy.thresholds=calibrate")
+        self.eps_unit, self.schedule, self.eps_fixed = float(eps_unit), schedule, int(eps_fixed)
+        self.use_entropy, self.draw, self.n_large = entropy, draw, n_large
+        self.step_rule, self.step_ratio, self.steps = step_rule, float(step_ratio), steps
+        self.calibrate_path = None
+        if thresholds == "calibrate":
+            require(h_high is None and h_low is None, "strategy.h_high" if h_high is not None
+                    else "strategy.h_low", "is measured by thresholds=calibrate; leave it unset")
+            require(calibrate_from is not None, "strategy.calibrate_from",
+                    "thresholds=calibrate needs a trained run directory or checkpoint for h_low")
+            if entropy:
+                try:
+                    self.calibrate_path = checkpoint.resolve(calibrate_from, "best")
+                except CheckpointError as exc:
+                    raise ConfigError("strategy.calibrate_from", exc.message) from None
+            self.h_high, self.h_low = float("nan"), float("nan")
+        else:
+            hi, lo = default_thresholds(ctx.dataset, ctx.num_classes)
+            self.h_high = float(hi if h_high is None else h_high)
+            self.h_low = float(lo if h_low is None else h_low)
+            require(self.h_low <= self.h_high, "strategy.h_low",
+                    f"must not exceed h_high ({self.h_high:.4g}), got {self.h_low:.4g}")
+        self.calibrated = thresholds != "calibrate" or not entropy
+        device = ctx.device
+        self.budget_t = torch.tensor(self.budgets, dtype=torch.int64, device=device)
+        self.large_t = self.budget_t[-n_large:].clone()
+        self.generator = ctx.generator(GENERATOR_OFFSET)
+        self.batch_count = 0
+        self._reset_telemetry()
+
+    # ------------------------------------------------------------------ schedule
+
+    def scheduled(self, epoch: int) -> int:
+        """The scheduled budget (in units) of the next batch of ``epoch``."""
+        return scheduled_budget(self.schedule, self.budgets, epoch=epoch,
+                                batch_count=self.batch_count, epochs=self.ctx.epochs,
+                                fixed=self.eps_fixed)
+
+    def assign(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1: per-sample budgets (B,) int64 in units from the scheduled ``k`` and
+        the clean entropies ``h`` (B,). Draws from the strategy's generator."""
+        B = h.shape[0]
+        size = (B,) if self.draw == "sample" else (1,)
+        pick = torch.randint(self.n_large, size, generator=self.generator, device=self.generator.device)
+        big = self.large_t[pick].expand(B)
+        eps_k = torch.full((B,), k, dtype=torch.int64, device=h.device)
+        eps_k = torch.where(h > self.h_high, self.budget_t[0], eps_k)
+        return torch.where(h < self.h_low, big, eps_k)
+
+    def plan(self, batch: Batch) -> AttackPlan:
+        k = self.scheduled(batch.step.epoch)
+        self.batch_count += 1
+        B = batch.x.shape[0]
+        h = None
+        if self.use_entropy:
+            logits = batch.clean_logits()
+            if not self.calibrated:
+                self._calibrate(batch, logits)
+            h = entropy(logits)
+            eps_k = self.assign(k, h)
+        else:
+            eps_k = torch.full((B,), k, dtype=torch.int64, device=batch.x.device)
+        self._record(k, eps_k, h)
+        eps = eps_k.to(torch.float32) * self.eps_unit
+        if self.step_rule == "ratio":
+            alpha: torch.Tensor | float = eps * self.step_ratio
+        else:
+            alpha = 2.0 * k * self.eps_unit / self.steps
+        return AttackPlan(eps=eps, step_size=alpha, steps=self.steps, extras={"eps_units": eps_k})
+
+    # ------------------------------------------------------------------ calibration
+
+    def _calibrate(self, batch: Batch, logits: torch.Tensor) -> None:
+        """h_high from the current (untrained) model's clean logits, h_low from a copy of the
+        model carrying the trained checkpoint's weights; both on this batch. Runs once."""
+        ref = copy.deepcopy(batch.model)
+        checkpoint.load_into(ref, self.calibrate_path)
+        with torch.no_grad(), frozen_model(ref, "eval"):
+            ref_logits = ref(batch.x)
+        del ref
+        h_high = float(entropy(logits).mean())
+        h_low = float(entropy(ref_logits).mean())
+        if not h_low < h_high:
+            raise ConfigError("strategy.calibrate_from",
+                              f"the checkpoint's mean clean entropy {h_low:.4f} is not below the "
+                              f"untrained model's {h_high:.4f}; give a trained checkpoint")
+        self.h_high, self.h_low, self.calibrated = h_high, h_low, True
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _reset_telemetry(self) -> None:
+        device = self.budget_t.device
+        self._counts = torch.zeros(len(self.budgets), dtype=torch.int64, device=device)
+        # up, down (vs the scheduled budget), low entropy, high entropy
+        self._moves = torch.zeros(4, dtype=torch.int64, device=device)
+        self._h_sum = torch.zeros((), dtype=torch.float32, device=device)
+        self._n = 0
+        self._sched_sum = 0
+
+    def _record(self, k: int, eps_k: torch.Tensor, h: torch.Tensor | None) -> None:
+        """Accumulate on the device; nothing is read back until :meth:`end_epoch`."""
+        B = eps_k.shape[0]
+        self._counts += (eps_k[:, None] == self.budget_t[None, :]).sum(dim=0)
+        moves = [eps_k > k, eps_k < k]
+        if h is not None:
+            moves += [h < self.h_low, h > self.h_high]
+            self._h_sum += h.sum()
+        self._moves[: len(moves)] += torch.stack([m.sum() for m in moves])
+        self._n += B
+        self._sched_sum += k * B
+
+    def start_epoch(self, epoch: int) -> None:
+        self._reset_telemetry()
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """``eps_share_<k>`` for every budget k of the list (units of eps_unit), ``eps_epoch``
+        (scheduled budget; the epoch mean for cyclic-batch), ``mean_eps``, ``frac_up`` /
+        ``frac_down`` (final budget above / below the scheduled one) and, with entropy on,
+        ``frac_low_entropy`` / ``frac_high_entropy`` (rule fired), ``mean_entropy``,
+        ``h_high``, ``h_low``."""
+        n = self._n
+        if n == 0:
+            return {}
+        counts = self._counts.tolist()
+        up, down, low, high = self._moves.tolist()
+        out: dict[str, Any] = {f"eps_share_{b}": c / n for b, c in zip(self.budgets, counts, strict=True)}
+        out["eps_epoch"] = self._sched_sum / n
+        out["mean_eps"] = sum(b * c for b, c in zip(self.budgets, counts, strict=True)) / n
+        out["frac_up"], out["frac_down"] = up / n, down / n
+        if self.use_entropy:
+            out["frac_low_entropy"], out["frac_high_entropy"] = low / n, high / n
+            out["mean_entropy"] = float(self._h_sum) / n
+            out["h_high"], out["h_low"] = self.h_high, self.h_low
+        return out
