@@ -58,7 +58,8 @@ def test_rows_without_both_accuracies_are_skipped():
     rows.insert(2, {"epoch": 99, "train_loss": 1.0})  # an epoch without validation
     rows[1].pop("fgsm_acc")
     assert catastrophic_overfitting(rows) is not None
-    assert catastrophic_overfitting([{"epoch": 1, "robust_acc": 0.3}, {"epoch": 2, "robust_acc": 0.0}]) is None
+    pgd_only = [{"epoch": 1, "robust_acc": 0.3}, {"epoch": 2, "robust_acc": 0.0}]
+    assert catastrophic_overfitting(pgd_only) is None
     assert catastrophic_overfitting([]) is None
 
 
