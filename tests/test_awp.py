@@ -168,6 +168,7 @@ QUIET = {"progress": False, "log": lambda line: None}
 TINY = ["data.subset=128", "model.width=4", "eval.n=32", "data.batch_size=64"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("epochs", "warmup", "calls"), [(2, 1, 2), (1, 3, 0)])
 def test_warmup_epochs_run_without_awp(tmp_path, monkeypatch, epochs, warmup, calls):
     seen = []
@@ -179,7 +180,8 @@ def test_warmup_epochs_run_without_awp(tmp_path, monkeypatch, epochs, warmup, ca
 
     monkeypatch.setattr(awp_mod.AWP, "perturb", counting)
     c = build_config("quickstart", [*TINY, f"epochs={epochs}", "awp.gamma=0.01",
-                                    f"awp.warmup={warmup}", "strategy.steps=2"])
+                                    f"awp.warmup={warmup}", "strategy.steps=2",
+                                    f"eval.every={epochs}"])
     train(c, tmp_path, **QUIET)
     assert len(seen) == calls  # 2 batches per epoch, none during the warm-up epochs
 
