@@ -7,7 +7,15 @@ no momentum or weight decay) on the training loss; for every weight tensor with 
 d_l = w_proxy_l - w_l is rescaled to v_l = gamma * ||w_l|| * d_l / ||d_l||. ``perturb`` adds v
 to the real model, the loss and optimiser step are computed there, and ``restore`` subtracts
 v again. The proxy has its own BatchNorm buffers, so the real model's running statistics are
-never touched by the proxy's forward pass. Cost: +1 forward and backward per batch.
+never touched by the proxy's forward pass (it runs in train mode, as the authors' code does, so
+its batch statistics are those the real model's training forward will use). The proxy's loss
+is the run's full training loss (objective + regulariser, ``commit=False``), so TRADES-AWP and
+MART-AWP ascend their own objectives. Cost: +1 forward and backward of the training loss per
+batch.
+
+Because the ascent step is plain SGD and each layer's change is rescaled to a fixed norm, the
+proxy learning rate cancels out of v (it only matters numerically); it is kept as a setting
+(0.01 for AT, 0.1 for TRADES in the authors' code) for faithfulness.
 """
 
 from __future__ import annotations
@@ -31,8 +39,7 @@ class AWP:
         self.proxy = copy.deepcopy(model)
         self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=float(cfg.proxy_lr))
         # the (real, proxy) parameter pairs that AWP perturbs: weights of conv / linear layers
-        self.pairs = [(p, q) for (name, p), q in zip(model.named_parameters(),
-                                                     self.proxy.parameters(), strict=True)
+        self.pairs = [(p, q) for p, q in zip(model.parameters(), self.proxy.parameters(), strict=True)
                       if p.ndim >= 2]
         self.diff: list[torch.Tensor] | None = None
 
@@ -52,6 +59,7 @@ class AWP:
         self.proxy_opt.zero_grad(set_to_none=True)
         (-loss_of(self.proxy)).backward()
         self.proxy_opt.step()
+        self.proxy_opt.zero_grad(set_to_none=True)  # free the proxy's gradients until next batch
         with torch.no_grad():
             diff = []
             for p, q in self.pairs:

@@ -1,0 +1,96 @@
+"""GradAlign (Andriushchenko & Flammarion 2020, "Understanding and improving fast adversarial
+training", Eq. 6): lam * (1 - cos(grad_x L(x, y), grad_x L(x + eta, y))), eta ~ U(B(eps)).
+
+Per sample: the two input gradients of the cross-entropy (at the clean input and at a random
+point of the sample's own eps-ball, eps from the plan) are compared by their cosine; the term
+is differentiated with respect to the parameters through both gradients (double
+backpropagation, ``create_graph=True``). It penalises the local non-linearity that lets
+single-step training overfit catastrophically. A sample whose gradient vanishes at either
+point has no defined cosine and contributes 0 (the authors' code drops it from the mean).
+
+Threat model: eta uniform in the plan's norm ball (L-inf by default), x + eta clipped to [0, 1].
+Shapes: x (B, C, H, W), y (B,), returns (B,). Cost: 2 forward + 2 backward (with graph) here,
+and their double backward in the training loss's backward; nothing of the objective is redone.
+
+The forward passes run in the model's current mode (train mode in the loop), so BatchNorm
+normalises with batch statistics and updates its running statistics, as in the authors' code
+where every forward pass of a training step is in train mode. The draw of eta is made once per
+batch (cached on the batch) so that AWP's proxy and the real model see the same eta.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks.plan import AttackPlan
+from ..component import require
+from ..context import Batch, RunContext
+from ..threat import clip_box, random_delta
+from .base import REGULARIZERS, Regularizer
+
+_GENERATOR_OFFSET = 131  # unique among the run's generators (loader 1, attack 2)
+_TINY = 1e-12
+
+
+def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 (autocast) -> fp32; fp32 and fp64 unchanged."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool
+                   ) -> torch.Tensor:
+    """grad_x of the summed cross-entropy at x: (B, C, H, W); per-sample gradients are those of
+    each sample's own loss, independent of the batch size."""
+    with torch.enable_grad():  # an input gradient is needed even when called under no_grad
+        x_in = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(_fp32_or_wider(model(x_in)), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_in, create_graph=create_graph)
+    return grad
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cosine of (B, ...) tensors (at least fp32) and whether it is defined (both
+    non-zero)."""
+    a, b = _fp32_or_wider(a.flatten(1)), _fp32_or_wider(b.flatten(1))
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    defined = (na > _TINY) & (nb > _TINY)
+    cos = (a * b).sum(dim=1) / (na * nb).clamp_min(_TINY)
+    return cos, defined
+
+
+@REGULARIZERS.register("gradalign")
+class GradAlign(Regularizer):
+    """GradAlign: lam * (1 - cos(grad at x, grad at x + eta)), double backprop (lam 0.2 at 8/255)."""
+
+    state_keys = ("generator",)
+
+    def __init__(self, ctx: RunContext, lam: float = 0.2, detach_clean: bool = False) -> None:
+        """``lam``: weight (the authors use 0.2 at 8/255 on CIFAR-10, log-linear in eps:
+        0.02 * 10^(eps_255 / 8)). ``detach_clean=True`` reproduces the authors' code, where
+        the gradient at x is a constant and only the one at x + eta is differentiated (cheaper:
+        one fewer double backward)."""
+        super().__init__(ctx)
+        require(lam >= 0, "regularizer.lam", f"must be >= 0, got {lam}")
+        self.lam = lam
+        self.detach_clean = detach_clean
+        self.generator = ctx.generator(_GENERATOR_OFFSET) if ctx is not None else None
+
+    def noise(self, batch: Batch, plan: AttackPlan) -> torch.Tensor:
+        """The batch's eta (B, C, H, W), drawn once per batch with x + eta kept in [0, 1]."""
+        if "gradalign_eta" not in batch.cache:
+            eps, _, _ = plan.tensors(batch.x.shape[0], batch.x.device)
+            eta = random_delta(batch.x, eps, plan.norm or "linf", "uniform", self.generator)
+            batch.cache["gradalign_eta"] = clip_box(batch.x, eta)
+        return batch.cache["gradalign_eta"]
+
+    def term(self, model: nn.Module, batch: Batch, x_adv: torch.Tensor, plan: AttackPlan, *,
+             commit: bool = True) -> torch.Tensor | None:
+        if self.lam == 0:
+            return None
+        eta = self.noise(batch, plan)
+        g_clean = input_gradient(model, batch.x, batch.y, create_graph=not self.detach_clean)
+        g_noisy = input_gradient(model, batch.x + eta, batch.y, create_graph=True)
+        cos, defined = cosine(g_clean, g_noisy)
+        return self.lam * torch.where(defined, 1.0 - cos, torch.zeros_like(cos))

@@ -1,0 +1,77 @@
+"""FAT — friendly adversarial training (Zhang et al. 2020, "Attacks which do not kill training
+make adversarial learning stronger", Alg. 1 "PGD-K-tau").
+
+PGD whose every sample stops tau steps after it is first misclassified: the engine counts the
+checks at which a sample is misclassified and freezes it at the (tau + 1)-th
+(``AttackPlan.stop_misclassified``), exactly as the authors' ``earlystop`` decrements its
+per-sample budget of extra steps. With tau >= K it is plain PGD-K. Frozen samples leave the
+working batch (eval-mode BatchNorm), so an early-stopped batch is cheaper than PGD-K.
+
+tau grows during training (the authors' "dynamic tau"): ``tau[j]`` is used from epoch
+``tau_epochs[j - 1]`` on (0-based epochs, i.e. after that many epochs). Their AT code: 0 for
+epochs 1-50, 1 for 51-90, 2 after (``tau: [0, 1, 2], tau_epochs: [50, 90]``); for TRADES:
+0, 1, 2, 3 from epochs 30, 50, 70. The random start is the objective's / attack's (the
+authors' AT code starts uniformly in the eps-ball, their TRADES code from x + 0.001 * N(0, 1),
+which is what the ``pgd_at`` and ``trades`` objectives ask for).
+
+Telemetry per epoch: ``tau``, ``mean_steps`` (PGD steps per sample, the paper's backward-pass
+count) and ``frac_early_stop`` (share of samples frozen before K steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attacks.plan import AttackPlan
+from ..component import require
+from ..context import Batch, Feedback, RunContext
+from .base import STRATEGIES, Strategy
+
+
+@STRATEGIES.register("fat")
+class FAT(Strategy):
+    """FAT: PGD-K that stops each sample tau steps after its first misclassification; tau by epoch."""
+
+    def __init__(self, ctx: RunContext, eps: float = 8 / 255, step_size: float = 2 / 255,
+                 steps: int = 10, tau: list[int] = [0, 1, 2],  # noqa: B006 - copied below
+                 tau_epochs: list[int] = [50, 90]) -> None:  # noqa: B006
+        super().__init__(ctx)
+        require(eps >= 0, "strategy.eps", f"must be >= 0, got {eps}")
+        require(step_size >= 0, "strategy.step_size", f"must be >= 0, got {step_size}")
+        require(steps >= 1, "strategy.steps", f"must be >= 1, got {steps}")
+        require(len(tau) >= 1 and all(t >= 0 for t in tau), "strategy.tau",
+                f"must be a non-empty list of integers >= 0, got {tau}")
+        require(len(tau_epochs) == len(tau) - 1, "strategy.tau_epochs",
+                f"needs one epoch per tau change: {len(tau) - 1} for tau {tau}, got {tau_epochs}")
+        require(all(e >= 0 for e in tau_epochs)
+                and all(a < b for a, b in zip(tau_epochs, tau_epochs[1:], strict=False)),
+                "strategy.tau_epochs", f"must be increasing epochs >= 0, got {tau_epochs}")
+        self.eps, self.step_size, self.steps = eps, step_size, steps
+        self.taus, self.tau_epochs = list(tau), list(tau_epochs)
+        self.tau = self.tau_at(0)
+        self._steps_sum: torch.Tensor | int = 0
+        self._early: torch.Tensor | int = 0
+        self._seen = 0
+
+    def tau_at(self, epoch: int) -> int:
+        """tau in effect during ``epoch`` (0-based)."""
+        return self.taus[sum(epoch >= e for e in self.tau_epochs)]
+
+    def start_epoch(self, epoch: int) -> None:
+        self.tau = self.tau_at(epoch)
+        self._steps_sum, self._early, self._seen = 0, 0, 0
+
+    def plan(self, batch: Batch) -> AttackPlan:
+        return AttackPlan(eps=self.eps, step_size=self.step_size, steps=self.steps,
+                          stop_misclassified=self.tau)
+
+    def observe(self, fb: Feedback) -> None:
+        used = fb.result.steps_used
+        self._steps_sum = self._steps_sum + used.sum()  # stays on the device: no host sync
+        self._early = self._early + (used < self.steps).sum()
+        self._seen += used.shape[0]
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        n = max(self._seen, 1)
+        return {"tau": float(self.tau), "mean_steps": float(self._steps_sum) / n,
+                "frac_early_stop": float(self._early) / n}
