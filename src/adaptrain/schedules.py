@@ -18,7 +18,8 @@ def make_schedule(name: str, lr: float, epochs: int, *, milestones: Sequence[flo
                   gamma: float = 0.1, peak_at: float = 0.4) -> Callable[[float], float]:
     """Return lr(t).
 
-    constant: lr.  multistep: lr * gamma^(number of milestones <= t) (milestones in epochs).
+    constant: lr.  multistep: lr * gamma^(number of milestones < t) (milestones in epochs, so
+    epoch m is the first at the lower rate).
     piecewise: Rice et al. 2020 — lr until 50% of training, lr/10 until 75%, then lr/100
     (for 200 epochs: decays at 100 and 150).  cosine: lr * (1 + cos(pi t / epochs)) / 2.
     onecycle: linear 0 -> lr over the first ``peak_at`` fraction, then linear to 0 (the
@@ -28,7 +29,8 @@ def make_schedule(name: str, lr: float, epochs: int, *, milestones: Sequence[flo
         return lambda t: lr
     if name == "multistep":
         ms = sorted(float(m) for m in milestones)
-        return lambda t: lr * gamma ** sum(t >= m for m in ms)
+        # t > m: epoch m (0-based) is the first whose batches (t in (m, m + 1]) are decayed
+        return lambda t: lr * gamma ** sum(t > m for m in ms)
     if name == "piecewise":
         return lambda t: lr if t < 0.5 * epochs else (lr / 10 if t < 0.75 * epochs else lr / 100)
     if name == "cosine":

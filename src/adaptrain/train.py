@@ -188,8 +188,8 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         for group in opt.param_groups:
             group["lr"] = lr
         batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr))
-        plan = run.objective.prepare(batch, run.strategy.plan(batch))
-        with run.amp():
+        with run.amp():  # the strategy's and objective's forward passes too (e.g. clean logits)
+            plan = run.objective.prepare(batch, run.strategy.plan(batch))
             result = run.attack(model, x, y, plan, generator=run.generators["attack"])
         model.train()
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,180 @@
+"""Small-scale method comparisons: train every (method, seed) of a plan with one shared protocol,
+evaluate the best and last checkpoints with the same attacks, and tabulate mean +- std.
+
+A plan is a YAML file:
+
+    common: [data.name=imagefolder, data.root=../shared/data/cifar10-jpeg.tar.gz, epochs=15, ...]
+    seeds: [0, 1]
+    include: common.yaml      # optional: defaults for common / seeds / eval
+    eval: [--attacks, "clean,pgd-20,cw-20,aa", --aa-version, custom, --aa-attacks, "apgd-ce,apgd-t",
+           --n, "1000"]
+    runs:
+      - {label: pgd-at, preset: pgd-at}
+      - {label: ecas, preset: ecas-ablation-cyclic-entropy, overrides: [strategy.steps=10]}
+
+Usage (from the repository root):
+
+    python benchmarks/compare.py PLAN.yaml --out bench-out/NAME --workers 2 [--only a,b] [--dry-run]
+
+Every run is a subprocess (``adaptrain train`` then ``adaptrain eval``) with
+``OMP_NUM_THREADS=--threads``; finished runs and evaluations are skipped, so re-running the
+command resumes an interrupted plan (an interrupted training resumes with ``--resume``).
+Results: OUT/results.md and OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+
+def adaptrain_cmd() -> list[str]:
+    return [sys.executable, "-m", "adaptrain.cli"]
+
+
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / label / f"seed{seed}"
+
+
+def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) -> str:
+    d = run_dir(out, entry["label"], seed)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = out / "logs" / f"{entry['label']}-seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmds = []
+    summary = d / "summary.json"
+    finished = summary.is_file() and json.loads(summary.read_text()).get("finished")
+    if not finished:
+        if (d / "checkpoints" / "last").is_dir():
+            cmds.append([*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"])
+        else:
+            over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
+            cmds.append([*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"])
+    for which in ("best", "last"):
+        if not (d / "eval" / f"{which}.json").is_file():
+            cmds.append([*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",
+                         "--seed", str(plan.get("eval_seed", 0)), *plan.get("eval", [])])
+    for cmd in cmds:
+        if dry:
+            print(" ".join(cmd))
+            continue
+        t0 = time.time()
+        with open(log, "a") as fh:
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            return f"FAILED ({proc.returncode}) {entry['label']} seed {seed}: see {log}"
+        print(f"done {entry['label']} seed {seed}: {cmd[3]} ({time.time() - t0:.0f} s)", flush=True)
+    return f"ok {entry['label']} seed {seed}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{m:.2f}"
+    return f"{m:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def collect(out: Path, plan: dict) -> tuple[str, dict]:
+    rows, data = [], {}
+    attack_names: list[str] = []
+    for entry in plan["runs"]:
+        for seed in plan["seeds"]:
+            for which in ("best", "last"):
+                f = run_dir(out, entry["label"], seed) / "eval" / f"{which}.json"
+                if f.is_file():
+                    acc = json.loads(f.read_text())["accuracy"]
+                    attack_names += [k for k in acc if k not in attack_names and "/" not in k]
+    for entry in plan["runs"]:
+        label = entry["label"]
+        data[label] = {}
+        for which in ("best", "last"):
+            vals: dict[str, list[float]] = {}
+            epochs, times = [], []
+            for seed in plan["seeds"]:
+                d = run_dir(out, label, seed)
+                f = d / "eval" / f"{which}.json"
+                if not f.is_file():
+                    continue
+                ev = json.loads(f.read_text())
+                for k in [*attack_names, "worst_case", "rd"]:
+                    v = ev["accuracy"].get(k) if k in attack_names else ev.get(k)
+                    if v is not None:
+                        vals.setdefault(k, []).append(v)
+                s = json.loads((d / "summary.json").read_text())
+                epochs.append((s.get(which) or {}).get("epoch"))
+                times += [float(r["train_time_s"]) for r in _metrics(d) if r.get("train_time_s")]
+            data[label][which] = {"values": vals, "epochs": epochs,
+                                  "median_epoch_time_s": statistics.median(times) if times else None}
+            cells = [mean_std(vals.get(k, [])) for k in [*attack_names, "worst_case"]]
+            rd = vals.get("rd", [])
+            rows.append("| " + " | ".join([label, which, str(len(vals.get("clean", []))),
+                                           ",".join(str(e) for e in epochs), *cells,
+                                           f"{statistics.fmean(rd):.4f}" if rd else "-"]) + " |")
+    head = ["method", "ckpt", "seeds", "epochs", *attack_names, "worst case", "RD"]
+    md = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows])
+    return md, data
+
+
+def _metrics(d: Path) -> list[dict]:
+    import csv
+
+    f = d / "metrics.csv"
+    if not f.is_file():
+        return []
+    with open(f, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_plan(path: Path) -> dict:
+    """A plan, with ``include: other.yaml`` (relative to it) supplying defaults for its keys."""
+    plan = yaml.safe_load(path.read_text())
+    inc = plan.pop("include", None)
+    if inc:
+        base = load_plan(path.parent / inc)
+        plan = {**base, **plan}
+    return plan
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("plan", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
+    p.add_argument("--only", default=None, help="comma list of labels")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--collect", action="store_true", help="only tabulate what exists")
+    args = p.parse_args()
+    plan = load_plan(args.plan)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    entries = [e for e in plan["runs"] if not args.only or e["label"] in args.only.split(",")]
+    if not args.collect:
+        tasks = [(e, s) for s in plan["seeds"] for e in entries]
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run),
+                                tasks):
+                print(msg, flush=True)
+    if args.dry_run:
+        return
+    md, data = collect(args.out, plan)
+    (args.out / "results.md").write_text(md + "\n")
+    (args.out / "results.json").write_text(json.dumps(data, indent=2))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
