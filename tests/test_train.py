@@ -101,3 +101,30 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert state_dict["epoch"] == 1
     weights = checkpoint.load_weights(tmp_path / "checkpoints" / "last")
     assert all(torch.isfinite(w.float()).all() for w in weights.values())
+
+
+def test_single_step_training_watches_fgsm_accuracy_and_warns_of_catastrophic_overfitting(
+        tmp_path, monkeypatch):
+    lines: list[str] = []
+    over = ["epochs=2", "data.name=digits", "data.val_size=0", "data.subset=256", "model.name=small_cnn",
+            "model.width=4", "eval.n=64", "strategy.eps=0.1", "eval.eps=0.1", "eval.step_size=0.02"]
+    fired = {"n": 0}
+
+    def detector(history):
+        assert "fgsm_acc" in history[-1] and "robust_acc" in history[-1]
+        fired["n"] += 1
+        return "catastrophic overfitting suspected (test)" if fired["n"] == 2 else None
+
+    monkeypatch.setattr(train_mod, "catastrophic_overfitting", detector)
+    train(build_config("fgsm-rs", over), tmp_path / "fast", progress=False, log=lines.append)
+    assert any(line.startswith("WARNING: catastrophic overfitting") for line in lines)
+    header, first, second = (tmp_path / "fast" / "metrics.csv").read_text().strip().splitlines()
+    cols = header.split(",")
+    assert "fgsm_acc" in cols
+    flag = cols.index("catastrophic_overfitting")
+    assert first.split(",")[flag] == "0.0" and second.split(",")[flag] == "1.0"
+    # multi-step training does not pay for the FGSM evaluation unless asked
+    monkeypatch.undo()
+    train(build_config("quickstart", ["epochs=1", "data.subset=128", "model.width=4", "eval.n=32"]),
+          tmp_path / "pgd", progress=False, log=lines.append)
+    assert "fgsm_acc" not in (tmp_path / "pgd" / "metrics.csv").read_text().splitlines()[0]

@@ -66,6 +66,7 @@ class EvalConfig:
     step_size: float = 2 / 255
     every: int = 1  # evaluate every this many epochs (and always after the last)
     select: str = "robust"  # best checkpoint by: robust | clean
+    fgsm: str = "auto"  # also FGSM accuracy (catastrophic-overfitting check): auto | on | off
 
 
 @dataclass
@@ -270,6 +271,7 @@ def validate(cfg: Config) -> None:
     _check(e.eps >= 0, "eval.eps", f"must be >= 0, got {e.eps}")
     _check(e.every >= 1, "eval.every", f"must be >= 1, got {e.every}")
     _check(e.select in ("robust", "clean"), "eval.select", f"{e.select!r}; allowed: robust, clean")
+    _check(e.fgsm in ("auto", "on", "off"), "eval.fgsm", f"{e.fgsm!r}; allowed: auto, on, off")
     parse_spec(e.attack, "eval.attack")
     for section, registry in (("model", MODELS), ("strategy", STRATEGIES), ("attack", ATTACKS),
                               ("objective", OBJECTIVES), ("regularizer", REGULARIZERS)):

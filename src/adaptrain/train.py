@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, checkpoint
 from .attacks import ATTACKS, Attack, AttackPlan
+from .attacks.single_step import SINGLE_STEP
 from .awp import AWP
 from .config import Config
 from .context import Batch, Feedback, RunContext, StepInfo
@@ -32,6 +33,7 @@ from .errors import ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
 from .models import build_model
 from .objectives import OBJECTIVES, Objective
+from .overfitting import catastrophic_overfitting
 from .regularizers import REGULARIZERS, Regularizer
 from .schedules import first_decay_epoch, make_schedule
 from .strategies import STRATEGIES, Strategy
@@ -189,7 +191,7 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
             group["lr"] = lr
         batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr))
         with run.amp():  # the strategy's and objective's forward passes too (e.g. clean logits)
-            plan = run.objective.prepare(batch, run.strategy.plan(batch))
+            plan = run.attack.resolve(run.objective.prepare(batch, run.strategy.plan(batch)))
             result = run.attack(model, x, y, plan, generator=run.generators["attack"])
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -219,15 +221,26 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
 
 
 def validate(run: Run, epoch: int) -> dict[str, float]:
+    """Clean and ``eval.attack`` accuracy on the validation split (the code ``adaptrain eval``
+    runs), plus FGSM accuracy when single-step training could overfit catastrophically."""
     e = run.cfg.eval
     x, y = run.val
     norm = run.cfg.attack.get("norm", "linf")
-    res = evaluate_attacks(run.model, x, y, [e.attack], eps=e.eps, step_size=e.step_size,
+    attacks = [e.attack] + (["fgsm"] if watch_fgsm(run.cfg) else [])
+    res = evaluate_attacks(run.model, x, y, attacks, eps=e.eps, step_size=e.step_size,
                            norm=norm, batch_size=run.cfg.data.eval_batch_size,
                            seed=run.cfg.seed * 7919 + epoch, device=run.device)
     robust = res.get(parse_spec(e.attack).name, res["clean"])
-    return {"clean_acc": res["clean"].float().mean().item(),
-            "robust_acc": robust.float().mean().item()}
+    row = {"clean_acc": res["clean"].float().mean().item(),
+           "robust_acc": robust.float().mean().item()}
+    if "fgsm" in res:
+        row["fgsm_acc"] = res["fgsm"].float().mean().item()
+    return row
+
+
+def watch_fgsm(cfg: Config) -> bool:
+    """``eval.fgsm``: on, off, or auto (on when the training attack is single-step)."""
+    return cfg.eval.fgsm == "on" or (cfg.eval.fgsm == "auto" and cfg.attack["name"] in SINGLE_STEP)
 
 
 def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
@@ -250,6 +263,11 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
             t1 = time.perf_counter()
             row.update(validate(run, epoch))
             row["eval_time_s"] = time.perf_counter() - t1
+            warning = catastrophic_overfitting([*run.history, row])
+            if "fgsm_acc" in row:
+                row["catastrophic_overfitting"] = float(warning is not None)
+            if warning:
+                log(f"WARNING: {warning}")
         row.update(run.objective.end_epoch(epoch))
         run.telemetry.append({"epoch": epoch + 1, **run.strategy.end_epoch(epoch)})
         run.wall_time += time.perf_counter() - t0

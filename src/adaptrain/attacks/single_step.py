@@ -61,6 +61,10 @@ def single_step(
     return pgd(model, x, y, one, generator=generator, loss_fn=loss_fn, final_eval=final_eval)
 
 
+# registry names of the single-step attacks (training watches them for catastrophic overfitting)
+SINGLE_STEP = ("fgsm", "fgsm_rs", "n_fgsm")
+
+
 def _check_bn(bn: str) -> None:
     require(bn in ("eval", "train"), "attack.bn", f"{bn!r}; allowed: eval, train")
 
