@@ -232,6 +232,18 @@ def test_compaction_and_masking_agree_in_eval_mode():
         assert torch.equal(a.info["eps"], b.info["eps"])
 
 
+def test_train_mode_batchnorm_masks_instead_and_keeps_the_invariants():
+    model = bn_model()
+    x, y = data()
+    rho = spread_rho(model, x, y)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    res = run(model, x, y, sa_plan(rho, 8 * E, bn="train"))
+    assert not torch.equal(bn.running_mean, before)  # asked for: attack.bn = train
+    assert (lp(res.x_adv - x, "linf") <= res.info["eps"] + 1e-6).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1 and model.training
+
+
 def test_passes_are_exactly_those_the_search_needs():
     """Warm PGD-10: 10 F+B per row; then one F+B per check-and-step, where a sample's last check
     (the one that freezes it) also costs one; samples that used every step get a final F."""
