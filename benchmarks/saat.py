@@ -67,11 +67,12 @@ class Recorder:
         return res
 
 
-def build(preset: str, args: argparse.Namespace, model_over: list[str], out: Path) -> Run:
+def build(preset: str, args: argparse.Namespace, model_over: list[str], out: Path,
+          extra: list[str]) -> Run:
     over = [f"data.root={args.data}", "data.name=imagefolder",
             f"data.subset={args.batch_size * args.batches}", "data.val_size=0",
             f"data.batch_size={args.batch_size}", f"device={args.device}", "eval.n=16",
-            *model_over, *args.set]
+            *model_over, *args.set, *extra]
     run = setup(build_config(preset, over), out)
     run.attack = Recorder(run.attack)
     return run
@@ -159,6 +160,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for both variants")
+    p.add_argument("--saat-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for the SAAT variant only (e.g. strategy.rho=1.5)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,8 +171,8 @@ def main() -> None:
         model_cfg = load_config_file(Path(args.init) / "config.yaml").model
         model_over = [f"model.{k}={v}" for k, v in model_cfg.items()]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: build(name, args, model_over, Path(tmp) / name)
-                for name in (args.baseline, args.preset)}
+        runs = {args.baseline: build(args.baseline, args, model_over, Path(tmp) / "base", []),
+                args.preset: build(args.preset, args, model_over, Path(tmp) / "saat", args.saat_set)}
         base, saat = runs.values()
         saat.model.load_state_dict(base.model.state_dict())
         result: dict[str, Any] = {}
@@ -185,7 +188,7 @@ def main() -> None:
             result[f"pgd_at_{args.trained_epochs}_epochs"] = measure(runs, args)
     result["authors_code"] = {args.preset: AUTHORS_MAX, args.baseline: AUTHORS_PGD_AT,
                               "note": "their SAAT-up maximum (eps_max 14/255) and PGD-AT, per batch"}
-    result["settings"] = vars(args)
+    result["settings"] = {**vars(args), "model_overrides": model_over}
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result, indent=2))
 

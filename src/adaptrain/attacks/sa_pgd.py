@@ -148,8 +148,8 @@ def sa_pgd(
     eps_final = torch.where(moved, res.info["eps"], eps_0)
     x_adv = res.x_adv
     if not s.warm_start and start == "normal":
-        # a sample frozen before its first step keeps no jitter beyond its budget eps_0
-        # (its reported loss is that of the jittered start, within 0.001 * N(0, 1) of it)
+        # a sample frozen before its first step keeps no jitter beyond its budget eps_0; its
+        # reported loss stays the one checked at the jittered start
         reset = x + clip_box(x, project(x_adv - x, eps_0, norm))
         x_adv = torch.where(bcast(moved, x_adv), x_adv, reset)
     return AttackResult(
