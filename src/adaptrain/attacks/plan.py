@@ -29,7 +29,8 @@ class AttackPlan:
         (FAT, Zhang et al. 2020, as their ``earlystop`` code counts).
 
     ``extras`` carries per-sample values for the objective (e.g. a TRADES ``beta`` chosen
-    per sample by LAS-AT) and strategy-private data; the attack ignores it.
+    per sample by LAS-AT) and strategy-private data; attacks ignore it, except a specialised
+    attack's own settings (SA-PGD's ``extras['sa_pgd']``).
     """
 
     eps: Scalar
