@@ -102,11 +102,11 @@ def trained(digits):
     spec, x, y, _, _ = digits
     torch.manual_seed(0)
     model = build_model({"name": "small_cnn", "width": 8}, spec)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(3):
-        for rows in torch.randperm(x.shape[0], generator=g).split(64):
+    for _ in range(2):
+        for rows in torch.randperm(x.shape[0], generator=g).split(128):
             opt.zero_grad()
             F.cross_entropy(model(x[rows]), y[rows]).backward()
             opt.step()
@@ -136,7 +136,7 @@ def test_instance_inverse_lowers_the_loss_within_its_budget(trained, digits):
     res = instance_inverse(trained, x, y, loss_fn=inverse_loss(0.0), eps=EPS_INV,
                            step_size=ALPHA_INV, steps=5)
     ce_clean, ce_inv = eval_ce(trained, x, y), eval_ce(trained, res.x_inv, y)
-    assert ce_inv.mean() < 0.8 * ce_clean.mean()
+    assert ce_inv.mean() < 0.9 * ce_clean.mean()
     assert (ce_inv <= ce_clean + 1e-6).float().mean() > 0.95
     assert torch.allclose(res.logits, trained(res.x_inv), atol=1e-5)
     # beta = 1: the full L_inv (Eq. 4) is what descends
@@ -164,8 +164,8 @@ def test_universal_perturbations_generalise_to_unseen_samples(trained, digits):
     assert z.abs().max() <= EPS_INV + 1e-7
     x_inv = (x_test + z[y_test]).clamp(0, 1)  # held-out samples: the shift is class-universal
     ce_clean, ce_inv = eval_ce(trained, x_test, y_test), eval_ce(trained, x_inv, y_test)
-    assert ce_inv.mean() < 0.9 * ce_clean.mean()
-    assert (ce_inv < ce_clean).float().mean() > 0.7
+    assert ce_inv.mean() < 0.95 * ce_clean.mean()
+    assert (ce_inv < ce_clean).float().mean() > 0.8
 
 
 def test_only_classes_in_the_batch_move_and_z_stays_within_eps():
@@ -264,6 +264,25 @@ def test_inverse_attacks_leave_the_model_as_they_found_it(digits):
         assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
     after = model.state_dict()
     assert all(torch.equal(buffers[k], after[k]) for k in buffers)  # BN running stats too
+
+
+def test_pass_counting_sees_direct_feature_calls_once_and_the_clean_pass_is_shared():
+    model = TinyNet()
+    x = torch.rand(5, 1, 4, 4, requires_grad=True)
+    with count_passes(model) as c:
+        model(x).sum().backward()  # features inside forward: one pass, not two
+        model.head(model.features(x)).sum().backward()
+        with torch.no_grad():
+            model.features(x)
+    assert (c.forward_rows, c.backward_rows) == (15, 10)
+    assert "features" not in vars(model)  # the counting wrapper is gone
+    batch = make_batch(model, x.detach(), torch.zeros(5, dtype=torch.int64), torch.arange(5))
+    with count_passes(model) as c:
+        logits, feats = batch.clean_logits(), batch.clean_features()
+        batch.clean_logits()
+    assert c.forward_rows == 5
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x)) and torch.allclose(feats, model.features(x))
 
 
 # ------------------------------------------------------------------------------- the objective
@@ -424,7 +443,7 @@ def test_tiny_training_runs(tmp_path, preset, overrides):
     ("uiat-oneoff", ("objective.one_off_epoch=1",)),
 ])
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, preset, overrides):
-    over = ("epochs=3", *overrides)
+    over = ("epochs=3", "strategy.steps=3", "eval.every=3", *overrides)
     run(tmp_path / "full", preset, *over)
     real = train_mod.write_outputs
     calls = {"n": 0}
