@@ -62,9 +62,28 @@ class Batch:
         """Eval-mode clean logits (B, C), computed once per batch without gradients and without
         touching BatchNorm statistics."""
         if "clean_logits" not in self.cache:
-            with torch.no_grad(), frozen_model(self.model, "eval"):
-                self.cache["clean_logits"] = self.model(self.x).float()
+            if _has_features(self.model):
+                self.clean_features()  # the same forward, keeping the features for UIAT
+            else:
+                with torch.no_grad(), frozen_model(self.model, "eval"):
+                    self.cache["clean_logits"] = self.model(self.x).float()
         return self.cache["clean_logits"]
+
+    def clean_features(self) -> torch.Tensor:
+        """Eval-mode clean penultimate features (B, D) (``model.features``), from the same
+        no-grad forward that fills :meth:`clean_logits` (logits = ``model.head(features)``)."""
+        if "clean_features" not in self.cache:
+            with torch.no_grad(), frozen_model(self.model, "eval"):
+                feats = self.model.features(self.x)
+                self.cache["clean_features"] = feats.float()
+                if "clean_logits" not in self.cache:
+                    self.cache["clean_logits"] = self.model.head(feats).float()
+        return self.cache["clean_features"]
+
+
+def _has_features(model: nn.Module) -> bool:
+    return callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None),
+                                                                     nn.Module)
 
 
 @dataclass

@@ -3,6 +3,10 @@
 One "F" is a forward pass of the model over a full batch of B rows, one "B" a backward pass
 over B rows: a compacted attack step over b < B active rows counts b / B. Counting rows makes
 the numbers independent of timing noise, so benchmarks can report them next to wall time.
+
+Passes that call ``model.features`` directly (UIAT's feature regulariser, the shared clean
+pass of :meth:`adaptrain.context.Batch.clean_features`) are counted too, once: a ``features``
+call made from inside ``model.forward`` is part of that forward.
 """
 
 from __future__ import annotations
@@ -28,19 +32,40 @@ class PassCount:
 
 @contextmanager
 def count_passes(model: nn.Module) -> Iterator[PassCount]:
-    """Count rows through ``model.forward`` and rows whose gradient flows back through it."""
+    """Count rows through ``model.forward`` (or a direct ``model.features`` call) and rows
+    whose gradient flows back through it."""
     count = PassCount()
+    depth = [0]  # > 0 while inside model.forward
 
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        rows = int(output.shape[0])
-        count.forward_rows += rows
+    def record(output: torch.Tensor) -> None:
+        count.forward_rows += int(output.shape[0])
         if output.requires_grad:
             def on_backward(grad: torch.Tensor) -> None:
                 count.backward_rows += int(grad.shape[0])
             output.register_hook(on_backward)
 
-    handle = model.register_forward_hook(hook)
+    def enter(module: nn.Module, args: tuple) -> None:
+        depth[0] += 1
+
+    def leave(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        depth[0] -= 1
+        record(output)
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    features = getattr(model, "features", None)
+    patched = callable(features) and not isinstance(features, nn.Module)
+    if patched:
+        def counted_features(x: torch.Tensor) -> torch.Tensor:
+            out = features(x)
+            if depth[0] == 0:
+                record(out)
+            return out
+
+        model.features = counted_features  # instance attribute shadows the method
     try:
         yield count
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+        if patched:
+            del model.features

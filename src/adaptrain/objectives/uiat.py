@@ -1,0 +1,272 @@
+"""(U)IAT — inverse adversarial training (Dong et al., CVPR 2023, Eqs. 3-8, Algorithm 1).
+
+Training loss per sample (Eq. 7):
+
+    CE(f(x_adv), y) + lam * KL(p || f(x_adv))
+
+where the *target* p (the first argument of the KL, a constant: no gradient flows into it)
+comes from inverse adversarial examples x_inv (:mod:`adaptrain.attacks.inverse`):
+instance-wise (IAT, ``inverse: instance``) or class-universal (UIAT, ``inverse: universal``).
+Momentum (Eq. 8), per sample by the loader's idx: p = f(x_inv) before epoch T
+(``momentum_start``), then p = gamma * p_prev + (1 - gamma) * f(x_inv), p_prev being the
+sample's target from its previous visit. One-off variant (``one_off: true``): before epoch T'
+(``one_off_epoch``) p = f(x) (clean prediction); at T' the inverse examples are computed once
+and p = f(x_inv) is stored per sample; after T' the stored p is reused and no inverse pass
+runs at all.
+
+The adversarial examples come from whatever strategy and attack the run uses (PGD-AT style
+CE attack by default); nothing here assumes a multi-step attack, and x_adv is only read.
+
+Decisions (see docs/uiat.md): all inverse-side passes — F(x), F(x_adv), the inverse
+examples and f(x_inv) — run with BatchNorm in eval mode, like the attack engine, so they
+never change the running statistics; F(x), F(x_adv) are computed without gradients (they are
+constants of the inverse problem), and so is the clean prediction f(x) of the one-off
+variant (the batch's shared eval-mode clean pass). The targets are computed once per batch
+with ``batch.model`` (the real, unperturbed weights) before any train-mode forward, and
+cached in ``batch.cache``: AWP's proxy (``commit=False``) and the real step (``commit=True``)
+see the same p, and only the ``commit=True`` call writes state.
+
+Cost per batch on top of the training forward/backward of x_adv: UIAT 1 F+B (inverse step)
++ 2 F (F(x), shared with other clean-pass users, and F(x_adv)); IAT ``inverse_steps`` F+B
++ 3 F; one-off before T' 1 F (clean pass), at T' as UIAT / IAT, after T' nothing. With
+``beta = 0`` the two feature passes are skipped.
+
+State (``state_keys``, saved in checkpoints): the class-universal perturbations ``z``
+(num_classes, C, H, W), the per-sample targets ``p`` (num_train, num_classes) and
+``p_valid`` (num_train,). With distributed training (later) z must be synchronised across
+workers after every step (all-reduce the per-class gradient sums before the sign), and p
+rows are owned by the worker whose shard holds the sample (gather them for checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks.engine import frozen_model
+from ..attacks.inverse import (
+    FeatureDistance,
+    InverseResult,
+    instance_inverse,
+    inverse_loss,
+    universal_inverse,
+)
+from ..attacks.plan import AttackPlan
+from ..component import require
+from ..context import Batch, RunContext
+from .base import OBJECTIVES, Objective
+
+Z_INIT_SCALE = 0.001  # Algorithm 1: z_c ~ 0.001 * N(0, 1)
+GENERATOR_OFFSET = 107  # ctx.generator offset for the z initialisation (loader 1, attack 2)
+
+
+def kl_from_target(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || softmax(logits)) per sample: (B, C), (B, C) -> (B,); p is a probability target."""
+    logq = F.log_softmax(logits.float(), dim=1)
+    return (torch.xlogy(p, p) - p * logq).sum(dim=1)
+
+
+@dataclass
+class _Targets:
+    """One batch's inverse targets, computed once and committed at most once."""
+
+    x_adv: torch.Tensor  # the x_adv they were computed for (identity check)
+    p: torch.Tensor  # (B, C) KL target
+    store: bool  # write p into the per-sample buffer on commit
+    inverse: InverseResult | None = None  # None when no inverse pass ran
+    committed: bool = False
+
+
+@OBJECTIVES.register("uiat")
+class UIAT(Objective):
+    """(U)IAT: CE(f(x_adv)) + lam * KL(p || f(x_adv)), p from inverse adversaries (Eq. 7)."""
+
+    attack_loss = "ce"
+    CACHE_KEY = "uiat"
+
+    def __init__(self, ctx: RunContext, inverse: Literal["instance", "universal"] = "universal",
+                 lam: float | None = None, beta: float = 1.0, eps_inv: float = 4 / 255,
+                 alpha_inv: float = 1 / 255, inverse_steps: int = 5, momentum: float = 0.9,
+                 momentum_start: int | None = None, one_off: bool = False,
+                 one_off_epoch: int | None = None,
+                 feature_distance: FeatureDistance = "sum") -> None:
+        """lam: None picks the paper's 3.0 for SVHN, else 3.5. momentum_start (T): None is 10%
+        of the epochs. one_off_epoch (T'): None is the epoch before the first lr decay
+        (``ctx.first_decay_epoch - 1``; the middle epoch if the schedule never decays).
+        inverse_steps: instance-wise only. T, T', alpha' and inverse_steps are not in the paper.
+        """
+        super().__init__(ctx)
+        if lam is None:
+            lam = 3.0 if ctx.dataset.lower() == "svhn" else 3.5
+        require(lam >= 0, "objective.lam", f"must be >= 0, got {lam}")
+        require(beta >= 0, "objective.beta", f"must be >= 0, got {beta}")
+        require(eps_inv >= 0, "objective.eps_inv", f"must be >= 0, got {eps_inv}")
+        require(alpha_inv > 0, "objective.alpha_inv", f"must be > 0, got {alpha_inv}")
+        require(inverse_steps >= 1, "objective.inverse_steps", f"must be >= 1, got {inverse_steps}")
+        require(0 <= momentum < 1, "objective.momentum", f"must be in [0, 1), got {momentum}")
+        if momentum_start is None:
+            momentum_start = ctx.epochs // 10
+        require(momentum_start >= 0, "objective.momentum_start",
+                f"must be >= 0 (a 0-based epoch), got {momentum_start}")
+        if one_off_epoch is None:
+            decay = ctx.first_decay_epoch
+            one_off_epoch = max(0, (decay if decay is not None else math.ceil(ctx.epochs / 2)) - 1)
+        require(one_off_epoch >= 0, "objective.one_off_epoch",
+                f"must be >= 0 (a 0-based epoch), got {one_off_epoch}")
+        self.inverse, self.lam, self.beta = inverse, float(lam), float(beta)
+        self.eps_inv, self.alpha_inv, self.inverse_steps = eps_inv, alpha_inv, inverse_steps
+        self.momentum, self.momentum_start = momentum, momentum_start
+        self.one_off, self.one_off_epoch = one_off, one_off_epoch
+        self.feature_distance = feature_distance
+
+        device = ctx.device
+        self.p = torch.zeros(ctx.num_train, ctx.num_classes, device=device)
+        self.p_valid = torch.zeros(ctx.num_train, dtype=torch.bool, device=device)
+        keys = ["p", "p_valid"]
+        if inverse == "universal":
+            g = ctx.generator(GENERATOR_OFFSET)
+            self.z = Z_INIT_SCALE * torch.randn((ctx.num_classes, *ctx.input_shape), generator=g,
+                                                device=device)
+            keys.append("z")
+        self.state_keys = tuple(keys)
+        self.epoch = 0
+        self._stored_complete = False
+        self._reset_telemetry()
+
+    # ---------------------------------------------------------------------------- schedule
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.one_off and epoch > self.one_off_epoch:
+            self._stored_complete = bool(self.p_valid.all())  # one host sync per epoch
+        self._reset_telemetry()
+
+    def phase(self) -> str:
+        """``clean`` (p = f(x)), ``inverse`` (compute inverse examples) or ``stored`` (reuse p)."""
+        if not self.one_off:
+            return "inverse"
+        if self.epoch < self.one_off_epoch:
+            return "clean"
+        return "inverse" if self.epoch == self.one_off_epoch else "stored"
+
+    def uses_momentum(self) -> bool:
+        return not self.one_off and self.epoch >= self.momentum_start
+
+    # ---------------------------------------------------------------------------- targets
+
+    def _clean_target(self, batch: Batch) -> torch.Tensor:
+        return F.softmax(batch.clean_logits(), dim=1)
+
+    def _inverse_examples(self, batch: Batch, x_adv: torch.Tensor) -> InverseResult:
+        model, x, y = batch.model, batch.x, batch.y
+        if self.beta > 0:
+            feats_clean = batch.clean_features()
+            with torch.no_grad(), frozen_model(model, "eval"):
+                feats_adv = model.features(x_adv).float()
+            loss_fn = inverse_loss(self.beta, feats_clean, feats_adv, self.feature_distance)
+        else:
+            loss_fn = inverse_loss(0.0)
+        if self.inverse == "universal":
+            return universal_inverse(model, x, y, self.z, loss_fn=loss_fn, eps=self.eps_inv,
+                                     step_size=self.alpha_inv)
+        return instance_inverse(model, x, y, loss_fn=loss_fn, eps=self.eps_inv,
+                                step_size=self.alpha_inv, steps=self.inverse_steps)
+
+    def targets(self, batch: Batch, x_adv: torch.Tensor) -> _Targets:
+        """This batch's KL targets (computed on first use, then cached in ``batch.cache``)."""
+        cached = batch.cache.get(self.CACHE_KEY)
+        if isinstance(cached, _Targets) and cached.x_adv is x_adv:
+            return cached
+        phase = self.phase()
+        if phase == "clean":
+            t = _Targets(x_adv, self._clean_target(batch), store=False)
+        elif phase == "stored":
+            p = self.p[batch.idx]
+            if not self._stored_complete:  # samples never seen at T' fall back to f(x)
+                p = torch.where(self.p_valid[batch.idx, None], p, self._clean_target(batch))
+            t = _Targets(x_adv, p, store=False)
+        else:
+            inv = self._inverse_examples(batch, x_adv)
+            q = F.softmax(inv.logits, dim=1)
+            if self.uses_momentum():
+                prev = self.p[batch.idx]
+                mixed = self.momentum * prev + (1.0 - self.momentum) * q
+                q = torch.where(self.p_valid[batch.idx, None], mixed, q)
+            t = _Targets(x_adv, q, store=True, inverse=inv)
+        batch.cache[self.CACHE_KEY] = t
+        return t
+
+    # ---------------------------------------------------------------------------- loss
+
+    def loss(self, model: nn.Module, batch: Batch, x_adv: torch.Tensor, plan: AttackPlan, *,
+             commit: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.lam == 0:  # plain PGD-AT: no inverse passes
+            logits_adv = model(x_adv)
+            return F.cross_entropy(logits_adv.float(), batch.y, reduction="none"), logits_adv
+        t = self.targets(batch, x_adv)  # before the train-mode forward moves the BN statistics
+        logits_adv = model(x_adv)
+        ce = F.cross_entropy(logits_adv.float(), batch.y, reduction="none")
+        kl = kl_from_target(t.p, logits_adv)
+        if commit and not t.committed:
+            self._commit(batch, t, kl.detach())
+        return ce + self.lam * kl, logits_adv
+
+    @torch.no_grad()
+    def _commit(self, batch: Batch, t: _Targets, kl: torch.Tensor) -> None:
+        if t.store:
+            self.p[batch.idx] = t.p
+            self.p_valid[batch.idx] = True
+        if t.inverse is not None and t.inverse.z is not None:
+            self.z.copy_(t.inverse.z)
+        t.committed = True
+        self._record(batch, t, kl)
+
+    # ---------------------------------------------------------------------------- telemetry
+
+    def _reset_telemetry(self) -> None:
+        # device-side sums, read once per epoch: [samples, kl, p_y, inverse batches, batches,
+        # inverse samples, inverse CE, inverse correct, clean samples, clean CE, clean correct]
+        self._sums = torch.zeros(11, device=self.ctx.device)
+
+    def _record(self, batch: Batch, t: _Targets, kl: torch.Tensor) -> None:
+        y, s = batch.y, self._sums
+        n = float(y.shape[0])
+        s[0] += n
+        s[1] += kl.sum()
+        s[2] += t.p.gather(1, y[:, None]).sum()
+        s[4] += 1
+        if t.inverse is not None:
+            s[3] += 1
+            s[5] += n
+            s[6] += F.cross_entropy(t.inverse.logits, y, reduction="sum")
+            s[7] += (t.inverse.logits.argmax(1) == y).sum()
+        clean = batch.cache.get("clean_logits")  # only when some component paid for it
+        if clean is not None:
+            s[8] += n
+            s[9] += F.cross_entropy(clean, y, reduction="sum")
+            s[10] += (clean.argmax(1) == y).sum()
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        s = self._sums.tolist()
+        out: dict[str, float] = {}
+        if s[0] > 0:
+            out["uiat_kl"] = s[1] / s[0]
+            out["uiat_target_p_true"] = s[2] / s[0]
+            out["uiat_frac_batches_inverse"] = s[3] / s[4]
+        if s[5] > 0:
+            out["uiat_ce_inv"] = s[6] / s[5]
+            out["uiat_acc_inv"] = s[7] / s[5]
+        if s[8] > 0:
+            out["uiat_ce_clean"] = s[9] / s[8]
+            out["uiat_acc_clean"] = s[10] / s[8]
+        if self.inverse == "universal":
+            z_inf = self.z.flatten(1).abs().amax(dim=1)
+            out["uiat_z_linf_mean"] = float(z_inf.mean())
+            out["uiat_z_linf_max"] = float(z_inf.max())
+            out["uiat_z_frac_at_eps"] = float((self.z.abs() >= self.eps_inv * (1 - 1e-6)).float().mean())
+        return out
