@@ -69,6 +69,7 @@ def instrument(run: Run, seconds: dict[str, float]) -> None:
             if cuda:
                 torch.cuda.synchronize()
             seconds[name] += time.perf_counter() - t0
+            seconds[f"{name}_calls"] += 1
             return out
         return timed
 
@@ -124,7 +125,8 @@ def measure_pair(pair: str, args: argparse.Namespace, out: Path) -> dict[str, An
             phase_s[name]["rest"].append(total - sum(seconds[p] for p in PHASES))
             tel = run.strategy.end_epoch(r)
             if tel:
-                telemetry[name].append({k: v for k, v in tel.items() if "_share_" not in k})
+                telemetry[name].append({**{k: v for k, v in tel.items() if "_share_" not in k},
+                                        "policy_updates": seconds["policy_update_calls"]})
             _unwrap(run)
     med = {name: statistics.median(v) for name, v in epoch_s.items()}
     breakdown = {name: {p: statistics.median(v) for p, v in ph.items()} for name, ph in phase_s.items()}

@@ -365,7 +365,6 @@ class LAS(Strategy):
         self._seen = 0
         self._reward_sum = torch.zeros(len(TERMS) + 1, dtype=torch.float64, device=dev)
         self._reward_seen = torch.zeros(len(TERMS) + 1, dtype=torch.float64, device=dev)
-        self._updates = 0
 
     def _record_actions(self, actions: dict[str, torch.Tensor], ent: torch.Tensor) -> None:
         for name, a in actions.items():
@@ -380,26 +379,26 @@ class LAS(Strategy):
                 self._reward_seen[i] += 1
         self._reward_sum[-1] += reward.double().mean()
         self._reward_seen[-1] += 1
-        self._updates += 1
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        """Shares of every option (``eps_share_8`` ...; stable columns), mean sampled values
-        (option units), mean reward terms of the epoch's policy updates (NaN when a term is
-        off or no update happened), the baseline and the mean policy entropy (nats, summed
-        over heads)."""
+        """Shares of every option (``eps_share_8`` ...; stable columns), mean sampled eps and
+        iterations (option units), mean reward terms of the epoch's policy updates (NaN when a
+        term is off or no update happened), the baseline and the mean policy entropy (nats,
+        summed over heads). Few line columns, so that ``adaptrain report``'s panels hold
+        them all."""
         out: dict[str, float] = {}
         for name, opts in self.options.items():
             counts = self._counts[name].double().cpu()
             total = float(counts.sum())
             for value, c in zip(opts, counts.tolist(), strict=True):
                 out[f"{name}_share_{value:g}"] = c / total if total else math.nan
-            weighted = float((counts * torch.tensor(opts, dtype=torch.float64)).sum())
-            out[f"mean_{name}"] = weighted / total if total else math.nan
+            if name in ("eps", "iters"):  # the budget and the cost driver; the rest are in the shares
+                weighted = float((counts * torch.tensor(opts, dtype=torch.float64)).sum())
+                out[f"mean_{name}"] = weighted / total if total else math.nan
         sums, seen = self._reward_sum.cpu().tolist(), self._reward_seen.cpu().tolist()
         for i, name in enumerate((*TERMS, "")):
             key = f"reward_{name}" if name else "reward"
             out[key] = sums[i] / seen[i] if seen[i] else math.nan
         out["baseline"] = float(self.baseline) if self.baseline_ready else math.nan
         out["entropy"] = float(self._entropy_sum) / self._seen if self._seen else math.nan
-        out["policy_updates"] = float(self._updates)
         return out
