@@ -91,7 +91,8 @@ class Feedback:
     """What a strategy observes after the training loss of a batch was back-propagated.
 
     Parameter gradients (``p.grad``) are still populated and the weights are those the loss
-    was computed with (AWP-perturbed when AWP is on); the optimiser step comes after
+    was computed with (AWP-perturbed when AWP is on: ``awp`` then holds the perturbation that
+    is subtracted again after the step); the optimiser step comes after
     :meth:`Strategy.observe` returns.
     """
 
@@ -103,3 +104,4 @@ class Feedback:
     optimizer: torch.optim.Optimizer
     objective: Any
     attack: Any
+    awp: Any = None  # the AWP object when its perturbation is on the weights this step, else None

@@ -209,7 +209,7 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         loss.backward()
         run.strategy.observe(Feedback(batch, plan, result, loss_vec.detach(),
                                       None if logits is None else logits.detach(), opt,
-                                      run.objective, run.attack))
+                                      run.objective, run.attack, run.awp if awp_on else None))
         opt.step()
         if awp_on:
             run.awp.restore()
