@@ -61,6 +61,4 @@ def first_decay_epoch(name: str, epochs: int, *, milestones: Sequence[float] = (
         return math.ceil(0.5 * epochs)
     if name == "onecycle":
         return math.ceil(peak_at * epochs)
-    if name == "cosine":
-        return 1
-    return None
+    return None  # constant never decays; cosine decays from the first step (no "first decay")
