@@ -125,3 +125,12 @@ def test_quickstart_end_to_end_in_a_subprocess(tmp_path):
     assert (out / "eval" / "best.md").read_text().startswith("Evaluation of")
     assert (out / "eval" / "best.curve.png").stat().st_size > 1000
     assert not (out / "eval" / "best.state.json").exists()  # removed once complete
+
+
+def test_every_preset_builds_a_valid_config():
+    from adaptrain.config import build_config, preset_names
+
+    for name in preset_names():
+        cfg = build_config(name)
+        assert cfg.description, name
+        assert cfg.epochs >= 1
