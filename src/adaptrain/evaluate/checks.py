@@ -45,7 +45,8 @@ def pgd_aa_gap(gap: float | None, pgd_name: str | None, threshold: float) -> Che
     if gap is None:
         return _check("PGD vs AutoAttack gap", None, "needs a PGD-type attack run before AutoAttack")
     ok = gap <= threshold
-    detail = (f"AutoAttack broke {gap:.4f} of the examples that survived {pgd_name}"
+    detail = (f"AutoAttack broke a further {gap:.4f} of all examples (accuracy points / 100) "
+              f"that survived {pgd_name}"
               + ("" if ok else f" (> {threshold:g}): a gap this large suggests gradient masking; "
                  "do not trust the PGD number"))
     return _check("PGD vs AutoAttack gap", ok, detail)
