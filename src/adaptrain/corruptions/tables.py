@@ -22,8 +22,6 @@ class Table:
     # clipped zoom (zoom_blur, snow): "center" trims the zoomed crop around its centre
     # (make_cifar_c.py); "corner" keeps its top-left corner (imagecorruptions).
     zoom_trim: str
-    # pixelate's upsampling back to full size: PIL "box" (make_cifar_c.py) or "nearest".
-    pixelate_up: str
     # elastic_transform: "affine+elastic" (random affine, then a smooth displacement field with
     # size-relative constants; make_cifar_c.py) or "elastic" (displacement field only).
     elastic: str
@@ -65,7 +63,6 @@ CIFAR = Table(
         "jpeg_compression": (80, 65, 58, 50, 40),  # quality
     },
     zoom_trim="center",
-    pixelate_up="box",
     elastic="affine+elastic",
     frost_scale="cifar",
     snow_8bit="imagemagick",
@@ -95,7 +92,6 @@ IMAGENET = Table(
         "jpeg_compression": (25, 18, 15, 10, 7),
     },
     zoom_trim="corner",
-    pixelate_up="nearest",
     elastic="elastic",
     frost_scale="fit",
     snow_8bit="round",
