@@ -171,6 +171,16 @@ def test_contract(name, table):
         assert grey.shape == (3, 1, side, side) and grey.min() >= 0 and grey.max() <= 1
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 32, 48), (2, 1, 40, 28), (1, 3, 100, 80), (0, 3, 32, 32)])
+def test_any_image_size(shape):
+    x8 = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    for name in CORRUPTIONS:
+        needs_textures(name)
+        out = corrupt(x8, name, 5)
+        assert out.shape == x8.shape and out.dtype == torch.float32
+        assert out.numel() == 0 or (out.min() >= 0 and out.max() <= 1)
+
+
 @pytest.mark.parametrize("table", ["cifar", "imagenet"])
 @pytest.mark.parametrize("name", GREY_CONSISTENT)
 def test_one_channel_equals_rgb_grey(name, table):

@@ -99,7 +99,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, *, seed: int = 0,
         raise ConfigError("corruption.severity", f"must be an integer 0..5, got {severity!r}")
     xf = _as_float(x)
     tab = resolve_table(table, xf.shape[-2], xf.shape[-1])
-    if severity == 0:
+    if severity == 0 or xf.shape[0] == 0:
         return xf.clone()
     with torch.no_grad():
         out = _FUNCTIONS[name](xf, tab.params[name][severity - 1], tab, Rng(seed, xf.device))

@@ -20,8 +20,10 @@ def defocus_blur(x: torch.Tensor, p: tuple[float, float], table: Table, rng: Rng
 
 
 @lru_cache(maxsize=16)
-def wavefronts(height: int, width: int, d: int) -> tuple[torch.Tensor, ...]:
-    """The glass-blur positions grouped into steps that can run at once, in execution order.
+def wavefronts(height: int, width: int, d: int,
+               device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    """The glass-blur positions (flat indices, on ``device``) grouped into steps that can run at
+    once, in execution order.
 
     The original visits rows ``H-d .. d+1`` (descending) and within each row columns ``W-d .. d+1``,
     and sets pixel p to the current value of ``p + o`` with ``o`` in ``[-d, d-1]^2``. Two visits
@@ -41,7 +43,7 @@ def wavefronts(height: int, width: int, d: int) -> tuple[torch.Tensor, ...]:
     order = torch.argsort(t, stable=True)
     pos = (h * W + w)[order]
     counts = torch.bincount(t[order]).tolist()
-    return tuple(g for g in torch.split(pos, counts) if g.numel())
+    return tuple(g.to(device) for g in torch.split(pos, counts) if g.numel())
 
 
 def _shuffle(y: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, d: int) -> torch.Tensor:
@@ -50,8 +52,7 @@ def _shuffle(y: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, d: int) -> tor
     rows = torch.arange(H, device=y.device).view(1, H, 1)
     cols = torch.arange(W, device=y.device).view(1, 1, W)
     src = ((rows + dy) * W + (cols + dx)).reshape(N, H * W)  # source of every position
-    for pos in wavefronts(H, W, d):
-        pos = pos.to(y.device)
+    for pos in wavefronts(H, W, d, y.device):
         idx = src[:, pos].unsqueeze(1).expand(N, C, pos.numel())
         flat.index_copy_(2, pos, flat.gather(2, idx))
     return flat.reshape(N, C, H, W)
