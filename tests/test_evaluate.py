@@ -218,3 +218,17 @@ def test_bf16_option_warns_about_gradient_masking(capsys):
     r = evaluate(model, x, y, EvalSettings(attacks=["pgd-2"], bf16=True), progress=False, log=print)
     assert "gradient masking" in capsys.readouterr().out
     assert any("bf16" in w for w in r["warnings"])
+
+
+def test_corruption_accuracy_per_severity_and_severity_zero_is_clean():
+    model, x, y = teacher_data(n=24, shape=(3, 8, 8))
+    r = run(model, x, y, attacks=[], corruptions=["gaussian_noise", "contrast"], severities=[0, 5],
+            batch_size=10)
+    co = r["corruptions"]
+    assert co["accuracy"]["gaussian_noise"]["0"] == r["accuracy"]["clean"]
+    assert co["accuracy"]["contrast"]["0"] == r["accuracy"]["clean"]
+    assert co["accuracy"]["contrast"]["5"] < r["accuracy"]["clean"]  # contrast 5 flattens the image
+    assert co["mean"]["contrast"] == pytest.approx(sum(co["accuracy"]["contrast"].values()) / 2)
+    assert co["mean_all"] == pytest.approx(sum(co["mean"].values()) / 2)
+    again = run(model, x, y, attacks=[], corruptions=["gaussian_noise"], severities=[5], batch_size=10)
+    assert again["corruptions"]["accuracy"]["gaussian_noise"]["5"] == co["accuracy"]["gaussian_noise"]["5"]

@@ -312,7 +312,7 @@ def _corruptions(ev: Evaluator, s: EvalSettings) -> dict[str, Any]:
             def data(idx: torch.Tensor, name=name, sev=sev):
                 xb = ev.x[idx]
                 xc = corrupt(xb, name, int(sev), seed=s.seed * 1009 + int(idx[0]), table=s.corruption_table)
-                return xc.to(ev.device), ev.y[idx].to(ev.device)
+                return xc.to(ev.device, ev.dtype), ev.y[idx].to(ev.device)
             ok = ev.run(f"corruption/{name}/{sev}", everything, ev.clean_chunk, data=data)
             table[name][str(sev)] = ok.float().mean().item()
     mean = {k: sum(v.values()) / len(v) for k, v in table.items()}
