@@ -155,10 +155,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
     p.add_argument("--only", default=None, help="comma list of labels")
+    p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--collect", action="store_true", help="only tabulate what exists")
     args = p.parse_args()
     plan = load_plan(args.plan)
+    if args.seeds:
+        plan["seeds"] = [int(v) for v in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     entries = [e for e in plan["runs"] if not args.only or e["label"] in args.only.split(",")]
