@@ -158,6 +158,16 @@ def test_imagefolder_labels_and_cache(tmp_path, monkeypatch):
     assert len(list((root / ".adaptrain-cache").glob("*.safetensors"))) == 1
 
 
+def test_imagefolder_test_split_comes_in_a_fixed_mixed_order(tmp_path):
+    root = make_tree(tmp_path / "tree", n_test=8)
+    a = load_arrays("imagefolder", root)
+    b = load_arrays("imagefolder", root)
+    assert torch.equal(a.y_test, b.y_test) and torch.equal(a.x_test, b.x_test)
+    assert sorted(a.y_test.tolist()) == [0] * 8 + [1] * 8 + [2] * 8  # every image, once
+    assert a.y_test.tolist() != sorted(a.y_test.tolist())  # not grouped by class
+    assert len(set(a.y_test[:6].tolist())) > 1  # the first n hold several classes
+
+
 def test_imagefolder_default_root_and_read_only_fallback(tmp_path, monkeypatch):
     root = make_tree(tmp_path / "data-home" / "imagefolder")  # = $ADAPTRAIN_DATA/imagefolder
     mode = root.stat().st_mode

@@ -383,9 +383,25 @@ def _write_cache(dirs: list[Path], filename: str, stem: str, arrays: DataArrays)
 # The registered loader
 
 
+TEST_ORDER_SEED = 0
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(root: Path, download: bool = True) -> DataArrays:
-    """A folder (or .tar.gz) with train/<class>/ and test/<class>/ images of one size."""
+    """A folder (or .tar.gz) with train/<class>/ and test/<class>/ images of one size.
+
+    Files are read in sorted order, i.e. grouped by class; the test split is then put in a
+    fixed pseudo-random order (seed ``TEST_ORDER_SEED``), so that the first n test images —
+    what ``adaptrain eval --n`` and per-epoch validation on the test split use — are a sample
+    of every class, as in CIFAR-10's own test batch. (Training draws its subset and validation
+    split through a permutation anyway.)"""
+    arrays = _load_imagefolder(root)
+    order = torch.randperm(arrays.y_test.shape[0], generator=torch.Generator().manual_seed(TEST_ORDER_SEED))
+    arrays.x_test, arrays.y_test = arrays.x_test[order], arrays.y_test[order]
+    return arrays
+
+
+def _load_imagefolder(root: Path) -> DataArrays:
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError("data.root", f"{root} does not exist: {_LAYOUT}")
