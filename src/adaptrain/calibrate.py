@@ -37,6 +37,14 @@ def _float_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: to
         yield sl, xb, y[sl].to(device)
 
 
+def spread_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` examples drawn by a fixed permutation: the test split of an ImageFolder tree is
+    sorted by class, so its first ``n`` images would be one class."""
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
 def dra_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                 p: float = 1 / 3, steps: int = 5, budget: str = "per_coordinate",
                 rank: str = "last", only: torch.Tensor | None = None, batch_size: int = 256,
@@ -176,7 +184,7 @@ def run_cli(args: argparse.Namespace) -> int:
         sp = make_splits(arrays, subset=None, val_size=cfg.data.val_size,
                          split_seed=cfg.data.split_seed)
         x, y = sp.x_val, sp.y_val
-    x, y = x[: args.n], y[: args.n]
+    x, y = spread_subset(x, y, args.n)
     t0 = time.perf_counter()
     res = calibrate_dra(model, x, y, dra_eps=dra_eps, target_acc=target_acc, p=p,
                         steps=args.steps, budget=args.budget, pgd_steps=args.pgd_steps,

@@ -122,46 +122,55 @@ def dra(
     T = plan_steps if steps is None else torch.full_like(plan_steps, steps)
     T = torch.where(attacked, T, torch.zeros_like(T))
     k = keep_count(p, dim)
-    nan = torch.full((B,), float("nan"), device=x.device)
-    kept = torch.where(attacked, k, 0)
-    if B == 0 or k == 0 or not bool(attacked.any()):  # nothing to perturb: no passes
-        return AttackResult(x_adv=x.detach().clone(), loss=nan, steps_used=torch.zeros_like(T),
-                            info={"eps": eps, "kept": torch.zeros_like(kept)})
-    l1_budget = eps * dim if budget == "per_coordinate" else eps
     with engine.frozen_model(model, bn):
-        delta0 = _start(x, l1_budget, plan.random_start or "none", generator)
-        delta0 = delta0 * bcast(attacked, delta0)
-        spent = norm(delta0, "l1")
-        alpha = (l1_budget - spent).clamp_min(0) / T.clamp_min(1)
-        score = torch.zeros_like(x)
-
-        def record_gradient(xs: torch.Tensor, new: torch.Tensor, grad: torch.Tensor,
-                            rows: torch.Tensor) -> torch.Tensor:
-            # every evaluated row's latest gradient; rows that stop here keep it too
-            score.index_copy_(0, rows, grad.abs().to(score.dtype))
-            return new
-
-        res = engine.run(
-            model, x, y, delta0, eps=eps, step_size=alpha, steps=T, norm="l1",
-            loss_fn=loss_fn, direction=plan.direction, project_ball=False,
-            stop_loss=None if plan.stop_loss is None else per_sample(plan.stop_loss, B, device=x.device),
-            stop_misclassified=(None if plan.stop_misclassified is None else
-                                per_sample(plan.stop_misclassified, B, device=x.device, dtype=torch.int64)),
-            compact=bn == "eval", final_eval=False,
-            post_step=record_gradient if rank == "last" else None,
-        )
-        delta = res.x_adv - x
-        if rank == "accumulated":
-            score = delta.abs()
-        keep = top_mask(score, k) if k < dim else torch.ones_like(x, dtype=torch.bool)
-        x_dra = torch.where(keep & bcast(attacked, x), res.x_adv, x).detach()
-        loss = nan
-        if final_eval:
+        if B == 0 or k == 0 or not bool(attacked.any()):  # nothing to perturb: no passes
+            x_dra, steps_used = x.detach().clone(), torch.zeros_like(T)
+            attacked = torch.zeros_like(attacked)
+        else:
+            x_dra, steps_used = _steps_and_mask(model, x, y, plan, eps, T, attacked, k,
+                                                budget=budget, rank=rank, loss_fn=loss_fn,
+                                                generator=generator, compact=bn == "eval")
+        loss = torch.full((B,), float("nan"), device=x.device)
+        if final_eval and B:
             with torch.no_grad():
-                loss_val, _ = loss_fn(model, x_dra, y, torch.arange(B, device=x.device))
-            loss = loss_val.float()
-    return AttackResult(x_adv=x_dra, loss=loss, steps_used=res.steps_used,
+                loss = loss_fn(model, x_dra, y, torch.arange(B, device=x.device))[0].float()
+    kept = torch.where(attacked, k, 0)
+    return AttackResult(x_adv=x_dra, loss=loss, steps_used=steps_used,
                         info={"eps": eps, "kept": kept})
+
+
+def _steps_and_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: AttackPlan,
+                    eps: torch.Tensor, n_steps: torch.Tensor, attacked: torch.Tensor, k: int, *,
+                    budget: str, rank: str, loss_fn: LossFn, generator: torch.Generator | None,
+                    compact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The T = n_steps engine steps (model already frozen), then the top-k mask: (x_dra, steps_used)."""
+    B, dim = x.shape[0], x[0].numel()
+    l1_budget = eps * dim if budget == "per_coordinate" else eps
+    delta0 = _start(x, l1_budget, plan.random_start or "none", generator)
+    delta0 = delta0 * bcast(attacked, delta0)
+    alpha = (l1_budget - norm(delta0, "l1")).clamp_min(0) / n_steps.clamp_min(1)
+    score = torch.zeros_like(x)
+
+    def record_gradient(xs: torch.Tensor, new: torch.Tensor, grad: torch.Tensor,
+                        rows: torch.Tensor) -> torch.Tensor:
+        # each evaluated row's latest gradient; a row that stops here keeps the one at its end
+        score.index_copy_(0, rows, grad.abs().to(score.dtype))
+        return new
+
+    def rule(value, dtype=torch.float32):
+        return None if value is None else per_sample(value, B, device=x.device, dtype=dtype)
+
+    res = engine.run(
+        model, x, y, delta0, eps=eps, step_size=alpha, steps=n_steps, norm="l1", loss_fn=loss_fn,
+        direction=plan.direction, project_ball=False, stop_loss=rule(plan.stop_loss),
+        stop_misclassified=rule(plan.stop_misclassified, torch.int64), compact=compact,
+        post_step=record_gradient if rank == "last" else None,
+    )
+    if rank == "accumulated":
+        score = (res.x_adv - x).abs()
+    keep = top_mask(score, k) if k < dim else torch.ones_like(x, dtype=torch.bool)
+    x_dra = torch.where(keep & bcast(attacked, x), res.x_adv, x).detach()
+    return x_dra, res.steps_used
 
 
 @ATTACKS.register("dra")
