@@ -1,4 +1,4 @@
-"""``adaptrain`` command line: train, eval, report, presets.
+"""``adaptrain`` command line: train, eval, report, calibrate-dra, presets.
 
 Errors a user can fix (bad preset, field, value, missing data, unsafe checkpoint) print one
 line ``error: <field>: <message>`` and exit with code 2 before any work starts; a training
@@ -66,6 +66,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def cmd_calibrate_dra(args: argparse.Namespace) -> int:
+    from .calibrate import run_cli
+
+    return run_cli(args)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import load_preset, preset_names
 
@@ -106,6 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run directories")
     r.add_argument("--out", default=None, help="output directory (default: first run /report)")
     r.set_defaults(fn=cmd_report)
+
+    c = sub.add_parser("calibrate-dra", help="match DRA and PGD budgets by robust accuracy "
+                       "(DRA paper, Table V)")
+    c.add_argument("target", help="run directory, checkpoint directory or weights file")
+    c.add_argument("--dra-eps", default="1/255", help="DRA budget whose accuracy PGD must match "
+                   "(default 1/255, per coordinate)")
+    c.add_argument("--target-acc", type=float, default=None,
+                   help="instead: find both budgets that leave this robust accuracy")
+    c.add_argument("--p", default="1/3", help="DRA kept fraction (default 1/3)")
+    c.add_argument("--steps", type=int, default=5, help="DRA steps T (default 5)")
+    c.add_argument("--budget", default="per_coordinate", choices=["per_coordinate", "total"])
+    c.add_argument("--pgd-steps", type=int, default=20, help="PGD-k with step eps/k (default 20)")
+    c.add_argument("--max-pgd-eps", default="16/255")
+    c.add_argument("--max-dra-eps", default="16/255")
+    c.add_argument("--tol", type=float, default=0.005, help="accuracy tolerance (default 0.005)")
+    c.add_argument("--n", type=int, default=1000, help="number of examples")
+    c.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    c.add_argument("--config", default=None, help="config YAML for a bare checkpoint")
+    c.add_argument("--split", default="test", choices=["test", "val"])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--out", default=None, help="JSON file (default RUN/eval/calibrate-dra.json)")
+    c.set_defaults(fn=cmd_calibrate_dra)
 
     s = sub.add_parser("presets", help="list presets with one-line descriptions")
     s.set_defaults(fn=cmd_presets)

@@ -24,6 +24,7 @@ from .registry import coerce
 from .schedules import SCHEDULES
 
 COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective", "regularizer")
+INIT_REQUIRED = "required"  # init_from placeholder of fine-tuning presets: training refuses it
 
 
 @dataclass
@@ -79,7 +80,8 @@ class Config:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # run dir or checkpoint to load weights from (fresh optimiser)
+    init_from: str | None = None  # run dir or checkpoint to load weights from (fresh optimiser);
+    # a preset that only makes sense from a trained model writes INIT_REQUIRED ("required")
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "preact_resnet18"})
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -26,7 +26,7 @@ from . import __version__, checkpoint
 from .attacks import ATTACKS, Attack, AttackPlan
 from .attacks.single_step import SINGLE_STEP
 from .awp import AWP
-from .config import Config
+from .config import INIT_REQUIRED, Config
 from .context import Batch, Feedback, RunContext, StepInfo
 from .data import BatchLoader, load_arrays, make_splits
 from .errors import ConfigError, TrainingError
@@ -83,6 +83,9 @@ class Run:
 
 
 def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
+    if cfg.init_from == INIT_REQUIRED:
+        raise ConfigError("init_from", "this preset fine-tunes a trained model: give "
+                          "init_from=RUN_DIR_OR_CHECKPOINT (e.g. a run of the standard preset)")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # model initialisation
     if cfg.deterministic:
