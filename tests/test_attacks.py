@@ -10,21 +10,7 @@ from torch import nn
 from adaptrain.attacks import AttackPlan, engine, make_loss, pgd
 from adaptrain.models import build_model
 from adaptrain.threat import norm as lp
-
-
-class Linear(nn.Module):
-    """logits = W flatten(x) + b; CE is convex in x, so every ascent step raises it."""
-
-    def __init__(self, d: int, c: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(d, c)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(c, d, generator=g))
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
+from toy_models import Linear
 
 
 def data(n: int = 12, shape=(3, 4, 4), c: int = 5, seed: int = 0, lo: float = 0.0, hi: float = 1.0):

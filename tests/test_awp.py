@@ -20,6 +20,7 @@ from adaptrain.data import DataSpec
 from adaptrain.models import build_model
 from adaptrain.objectives import OBJECTIVES
 from adaptrain.train import train
+from training_helpers import QUIET
 
 SPEC = DataSpec("t", 5, 3, (8, 8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -164,7 +165,7 @@ def test_awp_ascends_each_objectives_own_loss(objective):
         assert loss_of(model).item() == pytest.approx(base, abs=1e-5)
 
 
-QUIET = {"progress": False, "log": lambda line: None}
+
 TINY = ["data.subset=128", "model.width=4", "eval.n=32", "data.batch_size=64"]
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from adaptrain.config import build_config, preset_names
 from adaptrain.train import train
+from training_helpers import QUIET, assert_same_last_weights, interrupted_and_resumed
 
-QUIET = {"progress": False, "log": lambda line: None}
 TINY = ["epochs=1", "data.subset=128", "model.width=4", "eval.n=32", "data.batch_size=64"]
 
 
@@ -67,30 +66,10 @@ def test_single_step_presets_at_each_budget(eps, lam):
 @pytest.mark.slow
 def test_interrupted_and_resumed_gradalign_fat_run_equals_uninterrupted(tmp_path, monkeypatch):
     # GradAlign's eta generator and FAT's epoch-dependent tau must survive a checkpoint
-    from adaptrain import checkpoint
-    from adaptrain import train as train_mod
-
     over = [*TINY, "epochs=2", "data.subset=64", "eval.n=16", "data.batch_size=32", "strategy.name=fat",
             "strategy.eps=0.1", "strategy.step_size=0.025", "strategy.steps=3", "strategy.tau=[0, 1]",
             "strategy.tau_epochs=[1]", "regularizer.name=gradalign"]
-    train(build_config("quickstart", over), tmp_path / "full", **QUIET)
-    real = train_mod.write_outputs
-    calls = {"n": 0}
-
-    def interrupt_after_one_epoch(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "write_outputs", interrupt_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(build_config("quickstart", over), tmp_path / "cut", **QUIET)
-    monkeypatch.setattr(train_mod, "write_outputs", real)
-    train(build_config("quickstart", over), tmp_path / "cut", resume=True, **QUIET)
-    a = checkpoint.load_weights(tmp_path / "full" / "checkpoints" / "last")
-    b = checkpoint.load_weights(tmp_path / "cut" / "checkpoints" / "last")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    interrupted_and_resumed(tmp_path, lambda: build_config("quickstart", over), monkeypatch, after=1)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
     tel = (tmp_path / "cut" / "strategy.csv").read_text().splitlines()
     assert tel[0].split(",")[:2] == ["epoch", "tau"] and [r.split(",")[1] for r in tel[1:]] == ["0.0", "1.0"]

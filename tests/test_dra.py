@@ -30,24 +30,18 @@ from adaptrain.profiling import count_passes
 from adaptrain.strategies import STRATEGIES
 from adaptrain.threat import norm as lp
 from adaptrain.train import setup, train
+from toy_models import Linear as _Linear
+from training_helpers import QUIET
 
-QUIET = {"progress": False, "log": lambda line: None}
+
+def Linear(d: int, c: int, seed: int = 0) -> _Linear:  # noqa: N802 - a model factory
+    """No bias: the input gradient of CE is dense."""
+    return _Linear(d, c, seed, bias=False)
+
+
 DIGITS = ("data.name=digits", "data.val_size=0", "model.name=small_cnn", "model.width=4",
           "data.subset=256", "data.batch_size=64", "eval.n=64")
 
-
-class Linear(nn.Module):
-    """logits = W flatten(x); CE is convex in x and its input gradient is dense."""
-
-    def __init__(self, d: int, c: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(d, c, bias=False)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(c, d, generator=g))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
 
 
 def data(n: int = 8, shape=(3, 4, 4), c: int = 5, lo: float = 0.3, hi: float = 0.7, seed: int = 0):

@@ -26,8 +26,8 @@ from adaptrain.strategies.budget_schedules import SCHEDULES, scheduled_budget
 from adaptrain.strategies.ecas import ECAS, Schedule, default_thresholds, entropy
 from adaptrain.threat import norm as lp
 from adaptrain.train import train
+from training_helpers import QUIET, assert_same_last_weights, interrupted_and_resumed
 
-QUIET = {"progress": False, "log": lambda line: None}
 TINY = ("data.subset=128", "model.width=4", "eval.n=32")
 CPU = torch.device("cpu")
 DIGITS = load_arrays("digits", None)
@@ -402,25 +402,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
             # every entropy is below ln 10 < 2.31: all budgets are drawn from the generator,
             # while eps_epoch records the cyclic-batch walk
             "strategy.h_high=2.31", "strategy.h_low=2.31"]
-    train(build_config("quickstart", over), tmp_path / "full", **QUIET)
-    real = train_mod.write_outputs
-    calls = {"n": 0}
-
-    def interrupt_after_two_epochs(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "write_outputs", interrupt_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        train(build_config("quickstart", over), tmp_path / "cut", **QUIET)
-    monkeypatch.setattr(train_mod, "write_outputs", real)
-    train(build_config("quickstart", over), tmp_path / "cut", resume=True, **QUIET)
-    a = checkpoint.load_weights(tmp_path / "full" / "checkpoints" / "last")
-    b = checkpoint.load_weights(tmp_path / "cut" / "checkpoints" / "last")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    interrupted_and_resumed(tmp_path, lambda: build_config("quickstart", over), monkeypatch, after=2)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
     full, cut = read_csv(tmp_path / "full" / "strategy.csv"), read_csv(tmp_path / "cut" / "strategy.csv")
     assert full == cut and len(full) == 4
     # 4 batches per epoch over a list of 7 budgets: the epochs' mean scheduled budgets differ

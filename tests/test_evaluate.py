@@ -11,21 +11,7 @@ from torch import nn
 
 from adaptrain.evaluate import EvalSettings, EvaluationError, evaluate, robustness_disparity
 from adaptrain.evaluate import own as own_mod
-
-
-class Linear(nn.Module):
-    """A linear classifier on flattened images: undefended, and its own labelling teacher."""
-
-    def __init__(self, d: int, c: int, seed: int = 0, dtype=torch.float64) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(d, c).to(dtype)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(c, d, generator=g, dtype=dtype))
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
+from toy_models import Linear
 
 
 class Quantised(nn.Module):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from adaptrain.attacks import pgd
 from adaptrain.config import build_config
@@ -13,21 +12,10 @@ from adaptrain.context import Batch, Feedback, RunContext, StepInfo
 from adaptrain.errors import ConfigError
 from adaptrain.objectives import OBJECTIVES
 from adaptrain.strategies import STRATEGIES
+from toy_models import Linear
 
 CTX = RunContext(12, 5, (3, 4, 4), 120, 1, torch.device("cpu"), 0)
 
-
-class Linear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.fc = nn.Linear(48, 5)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(5, 48, generator=g))
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
 
 
 def fat(**fields):

@@ -6,28 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from adaptrain.attacks import ATTACKS, AttackPlan
 from adaptrain.data import DataSpec
 from adaptrain.errors import ConfigError
 from adaptrain.models import build_model
 from adaptrain.threat import norm as lp
+from toy_models import Linear
 
 NAMES = ("fgsm", "fgsm_rs", "n_fgsm")
 
-
-class Linear(nn.Module):
-    def __init__(self, d: int = 48, c: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(d, c)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(c, d, generator=g))
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
 
 
 def data(n: int = 12, c: int = 5, lo: float = 0.0, hi: float = 1.0, seed: int = 0):

@@ -13,8 +13,7 @@ from adaptrain import train as train_mod
 from adaptrain.config import build_config
 from adaptrain.errors import TrainingError
 from adaptrain.train import train
-
-QUIET = {"progress": False, "log": lambda line: None}
+from training_helpers import QUIET, assert_same_last_weights, interrupted_and_resumed
 
 
 def run(tmp: Path, preset: str, *overrides: str) -> dict:
@@ -49,30 +48,10 @@ def test_run_directory_follows_the_output_contract(tmp_path):
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
-    over = ("epochs=4", "data.subset=256", "model.width=4", "eval.n=64", "data.batch_size=32")
-    run(tmp_path / "full", "quickstart", *over)
-
-    real = train_mod.write_outputs
-    calls = {"n": 0}
-
-    def interrupt_after_two_epochs(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "write_outputs", interrupt_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", "quickstart", *over)
-    monkeypatch.setattr(train_mod, "write_outputs", real)
-    cfg = build_config("quickstart", list(over))
-    train(cfg, tmp_path / "cut", resume=True, **QUIET)
-
-    a = checkpoint.load_weights(tmp_path / "full" / "checkpoints" / "last")
-    b = checkpoint.load_weights(tmp_path / "cut" / "checkpoints" / "last")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    over = ["epochs=4", "data.subset=256", "model.width=4", "eval.n=64", "data.batch_size=32"]
+    full, cut = interrupted_and_resumed(tmp_path, lambda: build_config("quickstart", over),
+                                        monkeypatch, after=2)
+    assert_same_last_weights(full, cut)
     ma = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
     mb = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     # wall times differ; epoch, lr, loss and accuracy must not

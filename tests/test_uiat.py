@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptrain import checkpoint
-from adaptrain import train as train_mod
 from adaptrain.attacks import AttackPlan, pgd
 from adaptrain.attacks.inverse import instance_inverse, inverse_loss, universal_inverse
 from adaptrain.config import build_config
@@ -26,10 +25,9 @@ from adaptrain.objectives import OBJECTIVES
 from adaptrain.objectives.uiat import kl_from_target
 from adaptrain.profiling import count_passes
 from adaptrain.train import train
+from training_helpers import QUIET, assert_same_last_weights, interrupted_and_resumed
 
 EPS_INV, ALPHA_INV = 4 / 255, 1 / 255
-QUIET = {"progress": False, "log": lambda line: None}
-
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -444,25 +442,8 @@ def test_tiny_training_runs(tmp_path, preset, overrides):
 ])
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, preset, overrides):
     over = ("epochs=3", "strategy.steps=3", "eval.every=3", *overrides)
-    run(tmp_path / "full", preset, *over)
-    real = train_mod.write_outputs
-    calls = {"n": 0}
-
-    def interrupt_after_two_epochs(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "write_outputs", interrupt_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", preset, *over)
-    monkeypatch.setattr(train_mod, "write_outputs", real)
-    train(build_config(preset, [*TINY, *over]), tmp_path / "cut", resume=True, **QUIET)
-    a = checkpoint.load_weights(tmp_path / "full" / "checkpoints" / "last")
-    b = checkpoint.load_weights(tmp_path / "cut" / "checkpoints" / "last")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    interrupted_and_resumed(tmp_path, lambda: build_config(preset, [*TINY, *over]), monkeypatch, after=2)
+    assert_same_last_weights(tmp_path / "full", tmp_path / "cut")
     sa = checkpoint.load_state(tmp_path / "full" / "checkpoints" / "last")["objective"]
     sb = checkpoint.load_state(tmp_path / "cut" / "checkpoints" / "last")["objective"]
     assert set(sa) == {"p", "p_valid", "z"}
