@@ -29,9 +29,7 @@ from typing import Any
 import torch
 
 from adaptrain import train as train_mod
-from adaptrain.attacks import ATTACKS, AttackPlan
 from adaptrain.config import build_config
-from adaptrain.evaluate import batches, eval_mode
 from adaptrain.overfitting import catastrophic_overfitting
 from adaptrain.profiling import count_passes
 
@@ -92,66 +90,35 @@ def awp_time(args: argparse.Namespace) -> dict[str, Any]:
 # co
 
 
-def fgsm_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                  batch_size: int, device: torch.device) -> float:
-    """Accuracy under FGSM from zero with step eps (the CO literature's "FGSM accuracy"),
-    counted on clean-correct examples only, BatchNorm in eval mode."""
-    attack = ATTACKS.build({"name": "fgsm"})
-    plan = AttackPlan(eps=eps, step_size=0.0, steps=1, bn="eval")
-    correct = 0
-    with eval_mode(model):
-        for _, xb, yb in batches(x, y, batch_size, device):
-            with torch.no_grad():
-                clean = model(xb).argmax(1) == yb
-            x_adv = attack(model, xb, yb, plan).x_adv
-            with torch.no_grad():
-                correct += int((clean & (model(x_adv).argmax(1) == yb)).sum())
-    return correct / max(int(y.shape[0]), 1)
-
-
-def validate_with_fgsm(run: train_mod.Run, epoch: int) -> dict[str, float]:
-    """The loop's validation plus FGSM accuracy at the same eps (until the loop computes it)."""
-    row = _VALIDATE(run, epoch)
-    x, y = run.val
-    row["fgsm_acc"] = fgsm_accuracy(run.model, x, y, run.cfg.eval.eps, run.cfg.data.eval_batch_size,
-                                    run.device)
-    return row
-
-
-_VALIDATE = train_mod.validate
-
-
 def co(args: argparse.Namespace) -> dict[str, Any]:
+    """Train each method at each budget; the loop's validation measures PGD and FGSM accuracy
+    (``eval.fgsm: auto`` for single-step attacks) and its detector flags each epoch."""
     out_root = Path(args.out or tempfile.mkdtemp(prefix="co-"))
-    train_mod.validate = validate_with_fgsm  # the loop looks validate up at call time
     results = []
-    try:
-        for eps in args.eps:
-            for preset in args.methods:
-                over = [*data_overrides(args), f"data.subset={args.subset}",
-                        f"data.val_size={args.val}", f"eval.n={args.val}", f"epochs={args.epochs}",
-                        f"strategy.eps={eps}/255", f"eval.eps={eps}/255",
-                        f"eval.step_size={eps / 4}/255"]
-                cfg = build_config(preset, over)
-                out = out_root / f"{preset}-eps{eps}"
-                print(f"== {preset} at {eps}/255 -> {out}", file=sys.stderr)
-                t0 = time.perf_counter()
+    for eps in args.eps:
+        for preset in args.methods:
+            over = [*data_overrides(args), f"data.subset={args.subset}",
+                    f"data.val_size={args.val}", f"eval.n={args.val}", f"epochs={args.epochs}",
+                    f"strategy.eps={eps}/255", f"eval.eps={eps}/255",
+                    f"eval.step_size={eps / 4}/255", "eval.fgsm=on"]
+            cfg = build_config(preset, over)
+            out = out_root / f"{preset}-eps{eps}"
+            print(f"== {preset} at {eps}/255 -> {out}", file=sys.stderr)
+            t0 = time.perf_counter()
+            if not (out / "summary.json").is_file():
                 train_mod.train(cfg, out, preset=preset, progress=False,
                                 log=lambda line: print(line, file=sys.stderr))
-                history = _read_history(out)
-                first, warning = None, None
-                for k in range(1, len(history) + 1):
-                    msg = catastrophic_overfitting(history[:k])
-                    if msg and first is None:
-                        first, warning = history[k - 1]["epoch"], msg
-                results.append({
-                    "method": preset, "eps_255": eps, "wall_s": time.perf_counter() - t0,
-                    "co_detected_at_epoch": first, "warning": warning,
-                    "epochs": [{k: r.get(k) for k in ("epoch", "lr", "train_acc", "clean_acc",
-                                                      "robust_acc", "fgsm_acc")} for r in history],
-                })
-    finally:
-        train_mod.validate = _VALIDATE
+            history = _read_history(out)
+            fired = [r for r in history if r.get("catastrophic_overfitting")]
+            first = fired[0]["epoch"] if fired else None
+            results.append({
+                "method": preset, "eps_255": eps, "wall_s": time.perf_counter() - t0,
+                "co_detected_at_epoch": first,
+                "warning": catastrophic_overfitting([r for r in history if r["epoch"] <= first])
+                if first else None,
+                "epochs": [{k: r.get(k) for k in ("epoch", "lr", "train_acc", "clean_acc",
+                                                  "robust_acc", "fgsm_acc")} for r in history],
+            })
     return {"runs": results, "out": str(out_root)}
 
 

@@ -134,3 +134,10 @@ def test_every_preset_builds_a_valid_config():
         cfg = build_config(name)
         assert cfg.description, name
         assert cfg.epochs >= 1
+
+
+def test_on_off_fields_accept_on_and_off_on_the_command_line():
+    from adaptrain.config import build_config
+
+    cfg = build_config("quickstart", ["eval.fgsm=on", "channels_last=off"])
+    assert cfg.eval.fgsm == "on" and cfg.channels_last == "off"

@@ -86,6 +86,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(where, f"expected a number, got {value!r}") from None
     if annotation is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on / off / yes / no as booleans
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise ConfigError(where, f"expected a string, got {value!r}")
         return str(value)
