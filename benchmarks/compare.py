@@ -19,7 +19,8 @@ Usage (from the repository root):
 Every run is a subprocess (``adaptrain train`` then ``adaptrain eval``) with
 ``OMP_NUM_THREADS=--threads``; finished runs and evaluations are skipped, so re-running the
 command resumes an interrupted plan (an interrupted training resumes with ``--resume``).
-Results: OUT/results.md and OUT/results.json.
+When the best checkpoint is the last epoch's, the last checkpoint's evaluation is a copy of the
+best one's (same weights). Results: OUT/results.md and OUT/results.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +69,9 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) 
         if dry:
             print(" ".join(cmd))
             continue
+        if "--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last" and same_weights(d):
+            shutil.copyfile(d / "eval" / "best.json", d / "eval" / "last.json")  # best is the last epoch
+            continue
         t0 = time.time()
         with open(log, "a") as fh:
             fh.write(f"$ {' '.join(cmd)}\n")
@@ -76,6 +81,13 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) 
             return f"FAILED ({proc.returncode}) {entry['label']} seed {seed}: see {log}"
         print(f"done {entry['label']} seed {seed}: {cmd[3]} ({time.time() - t0:.0f} s)", flush=True)
     return f"ok {entry['label']} seed {seed}"
+
+
+def same_weights(d: Path) -> bool:
+    """The best checkpoint is the last epoch's and its evaluation exists: nothing to redo."""
+    s = json.loads((d / "summary.json").read_text())
+    return (s.get("best_epoch") is not None and s.get("best_epoch") == s.get("epochs_completed")
+            and (d / "eval" / "best.json").is_file())
 
 
 def mean_std(values: list[float]) -> str:
