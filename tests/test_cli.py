@@ -141,3 +141,18 @@ def test_on_off_fields_accept_on_and_off_on_the_command_line():
 
     cfg = build_config("quickstart", ["eval.fgsm=on", "channels_last=off"])
     assert cfg.eval.fgsm == "on" and cfg.channels_last == "off"
+
+
+def test_saat_runs_get_an_eps_curve_and_rd_by_default(tmp_path):
+    from adaptrain.config import build_config
+    from adaptrain.train import train
+
+    run_dir = tmp_path / "saat"
+    over = ["epochs=1", "data.subset=64", "model.width=4", "eval.n=16", "strategy.name=saat",
+            "strategy.eps_max=0.2", "strategy.tau=0.05", "strategy.step_size=0.05",
+            "attack.name=sa_pgd"]
+    train(build_config("quickstart", over), run_dir, progress=False, log=lambda line: None)
+    assert main(["eval", str(run_dir), "--n", "20", "--attacks", "clean,pgd-3", "--quiet"]) == 0
+    result = json.loads((run_dir / "eval" / "best.json").read_text())
+    assert result["curve"]["eps"][0] == 0 and len(result["curve"]["eps"]) == 6
+    assert result["rd"] is not None

@@ -107,3 +107,17 @@ def test_single_step_training_watches_fgsm_accuracy_and_warns_of_catastrophic_ov
     train(build_config("quickstart", ["epochs=1", "data.subset=128", "model.width=4", "eval.n=32"]),
           tmp_path / "pgd", progress=False, log=lines.append)
     assert "fgsm_acc" not in (tmp_path / "pgd" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_compile_field_routes_the_training_step_through_torch_compile(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(model, **kwargs):  # compiling for real takes minutes on this CPU
+        compiled.append((model, kwargs))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    over = ["epochs=1", "data.subset=64", "model.width=4", "eval.n=16", "compile=true"]
+    run(tmp_path, "quickstart", *over)
+    assert len(compiled) == 1 and compiled[0][1] == {"dynamic": True}
+    assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()

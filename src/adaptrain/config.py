@@ -79,7 +79,7 @@ class Config:
     amp: str = "auto"  # auto (bf16 forward passes on CUDA) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the training step's forward passes (GPUs; slow to compile on CPU)
     init_from: str | None = None  # run dir or checkpoint to load weights from (fresh optimiser);
     # a preset that only makes sense from a trained model writes INIT_REQUIRED ("required")
     data: DataConfig = field(default_factory=DataConfig)

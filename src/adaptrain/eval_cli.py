@@ -54,6 +54,9 @@ def load_model(target: str, which: str = "best", config: str | None = None,
     return model, cfg, arrays, run_dir
 
 
+SAAT_CURVE = "0,2/255,4/255,8/255,12/255,16/255"
+
+
 def _budgets(text: str | None, where: str) -> list[float]:
     if not text:
         return []
@@ -89,7 +92,10 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
         raise ConfigError("--eps", f"must be >= 0, got {eps}")
     step = args.step_size if args.step_size is not None else cfg.eval.step_size
     parse_step(step)
-    curve = _budgets(args.eps_curve, "--eps-curve")
+    curve_arg = args.eps_curve
+    if curve_arg is None and cfg.strategy.get("name") == "saat":
+        curve_arg = SAAT_CURVE  # SAAT runs report robustness disparity by default
+    curve = _budgets(curve_arg, "--eps-curve")
     if curve:
         parse_spec(args.curve_attack, "--curve-attack", aa_version=args.aa_version,
                    aa_attacks=aa_attacks)
@@ -197,7 +203,8 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                    help="run each attack only on the survivors of the earlier ones (default); "
                    "--no-cascade runs every attack on every clean-correct example")
     e.add_argument("--eps-curve", default=None,
-                   help="budgets for an accuracy-vs-eps curve, e.g. 0,2/255,4/255,8/255,12/255,16/255")
+                   help="budgets for an accuracy-vs-eps curve, e.g. 0,2/255,4/255,8/255,12/255,16/255 "
+                   "(default for SAAT runs: that list; '' for none)")
     e.add_argument("--curve-attack", default="pgd-20", help="attack for the curve (default pgd-20)")
     e.add_argument("--curve-step", default="eps/4", help="curve step: relative (eps/4) or absolute")
     e.add_argument("--corruptions", default=None,

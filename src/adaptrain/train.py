@@ -76,6 +76,12 @@ class Run:
     telemetry: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     wall_time: float = 0.0
+    net: torch.nn.Module | None = None  # what the step forwards: the model, or its torch.compile
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            # dynamic shapes: the attack engine's compaction changes the batch size every step
+            self.net = torch.compile(self.model, dynamic=True) if self.cfg.compile else self.model
 
     def amp(self):  # bf16 autocast for forward passes on CUDA
         on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
@@ -178,7 +184,7 @@ def training_loss(run: Run, model: torch.nn.Module, batch: Batch, x_adv: torch.T
 
 
 def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
-    model, opt, cfg = run.model, run.optimizer, run.cfg
+    model, opt, cfg = run.net, run.optimizer, run.cfg
     nb = len(run.loader)
     run.strategy.start_epoch(epoch)
     run.objective.start_epoch(epoch)
