@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Second timing window: ECAS's overhead with more batches and repeats, and the quickstart's wall
+# time, on the idle machine (running adaptrain processes are paused meanwhile).
+# Usage: bash benchmarks/timings2.sh DATA.tar.gz OUT_DIR
+set -u
+DATA=${1:?data}; OUT=${2:?out dir}
+mkdir -p "$OUT"
+paused=$(pgrep -f "adaptrain.cli (train|eval)|benchmarks/(dra|baselines|evaluation).py" || true)
+[ -n "$paused" ] && kill -STOP $paused
+trap '[ -n "$paused" ] && kill -CONT $paused' EXIT
+echo "== ecas $(date +%T)" >&2
+python benchmarks/ecas.py --data "$DATA" --width 16 --batches 8 --repeats 9 > "$OUT/ecas-pgd-at-long.json"
+echo "== quickstart $(date +%T)" >&2
+rm -rf "$OUT/qs" "$OUT/qs-clean"
+/usr/bin/time -f "%e" -o "$OUT/quickstart.time" adaptrain train quickstart --out "$OUT/qs" --quiet > "$OUT/quickstart.log"
+/usr/bin/time -f "%e" -o "$OUT/quickstart-clean.time" adaptrain train quickstart-clean --out "$OUT/qs-clean" --quiet > "$OUT/quickstart-clean.log"
+adaptrain eval "$OUT/qs" --attacks clean,pgd-20,aa --n 360 --quiet --out "$OUT/qs-eval.json" > /dev/null
+adaptrain eval "$OUT/qs-clean" --attacks clean,pgd-20,aa --n 360 --quiet --out "$OUT/qs-clean-eval.json" > /dev/null
+echo "== done $(date +%T)" >&2
