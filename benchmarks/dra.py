@@ -42,7 +42,8 @@ from adaptrain.context import Batch, StepInfo
 from adaptrain.eval_cli import load_model
 from adaptrain.evaluate import evaluate_attacks
 from adaptrain.profiling import count_passes
-from adaptrain.train import setup, train, training_loss, versions
+from adaptrain.rundir import versions
+from adaptrain.train import setup, train, training_loss
 
 CIFAR_EPS = (2 / 255, 5 / 255, 8 / 255)
 DIGITS_EPS = (0.1, 0.3)

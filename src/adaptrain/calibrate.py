@@ -161,7 +161,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from .data import make_splits
     from .eval_cli import load_model
     from .registry import parse_number
-    from .train import versions
+    from .rundir import versions
 
     if args.n < 1:
         raise ConfigError("--n", f"must be >= 1, got {args.n}")

@@ -43,7 +43,7 @@ def load_model(target: str, which: str = "best", config: str | None = None,
                device: str = "auto") -> tuple[torch.nn.Module, Config, Any, Path | None]:
     from .data import load_arrays
     from .models import build_model
-    from .train import resolve_device
+    from .rundir import resolve_device
 
     weights, cfg, run_dir = locate(target, which, config)
     arrays = load_arrays(cfg.data.name, cfg.data.root, cfg.data.download)
@@ -136,7 +136,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, plot_curves
     from .evaluate.aa import version as aa_version
     from .evaluate.results import json_ready, to_markdown
-    from .train import versions
+    from .rundir import versions
 
     settings_from_args(args)  # bad arguments stop here, before any loading
     model, cfg, arrays, run_dir = load_model(args.target, args.checkpoint, args.config, args.device)

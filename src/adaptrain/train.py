@@ -9,10 +9,6 @@ ended.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint
+from . import checkpoint, rundir
 from .attacks import ATTACKS, Attack, AttackPlan
 from .attacks.single_step import SINGLE_STEP
 from .awp import AWP
@@ -35,23 +31,9 @@ from .models import build_model
 from .objectives import OBJECTIVES, Objective
 from .overfitting import catastrophic_overfitting
 from .regularizers import REGULARIZERS, Regularizer
+from .rundir import best_row, epoch_line, resolve_device
 from .schedules import first_decay_epoch, make_schedule
 from .strategies import STRATEGIES, Strategy
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-
-    return {"adaptrain": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
 @dataclass
@@ -291,61 +273,12 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
     return write_outputs(run, preset, finished=True)
 
 
-def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
-    key = "robust_acc" if select == "robust" else "clean_acc"
-    scored = [r for r in history if key in r]
-    return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
-
-
-def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:
-    s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-         f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
-    if "clean_acc" in row:
-        s += f"  |  val clean {row['clean_acc']:.3f}  {attack} {row['robust_acc']:.3f}"
-    return s
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
 def write_outputs(run: Run, preset: str, finished: bool) -> dict[str, Any]:
-    _write_csv(run.out / "metrics.csv", run.history)
-    if any(len(t) > 1 for t in run.telemetry):
-        _write_csv(run.out / "strategy.csv", run.telemetry)
-    best = best_row(run.history, run.cfg.eval.select)
-    last = next((r for r in reversed(run.history) if "clean_acc" in r), None)
-
-    def pick(r: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if r is None else {"epoch": r["epoch"], "clean_acc": r["clean_acc"],
-                                       "robust_acc": r["robust_acc"]}
-
+    """metrics.csv, strategy.csv and summary.json of the run so far (see :mod:`.rundir`)."""
     e = run.cfg.eval
-    summary = {
-        "preset": preset, "finished": finished, "epochs_completed": len(run.history),
-        "best_epoch": None if best is None else best["epoch"], "best": pick(best),
-        "last": pick(last),
-        "eval": {"attack": e.attack, "eps": e.eps, "step_size": e.step_size, "n": len(run.val[1]),
-                 "split": "val" if run.cfg.data.val_size > 0 else "test",
-                 "norm": run.cfg.attack.get("norm", "linf"), "select": e.select},
-        "wall_time_s": round(run.wall_time, 3), "device": str(run.device),
-        "versions": versions(),
-    }
-    tmp = run.out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
-    tmp.replace(run.out / "summary.json")
-    return summary
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    raise TypeError(type(v).__name__)
+    return rundir.write_outputs(
+        run.out, run.history, run.telemetry, select=e.select, preset=preset, finished=finished,
+        eval_info={"attack": e.attack, "eps": e.eps, "step_size": e.step_size, "n": len(run.val[1]),
+                   "split": "val" if run.cfg.data.val_size > 0 else "test",
+                   "norm": run.cfg.attack.get("norm", "linf"), "select": e.select},
+        wall_time=run.wall_time, device=run.device)

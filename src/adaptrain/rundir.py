@@ -1,0 +1,92 @@
+"""The run directory's tables: metrics.csv, strategy.csv, summary.json, and the epoch log line.
+
+``summary.json`` is a contract other tools read: ``best_epoch``, ``best`` / ``last`` with
+``epoch``, ``clean_acc`` and ``robust_acc`` (fractions), ``wall_time_s``, ``versions``. Every
+file is written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"adaptrain": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
+    key = "robust_acc" if select == "robust" else "clean_acc"
+    scored = [r for r in history if key in r]
+    return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
+
+
+def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:
+    s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+         f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
+    if "clean_acc" in row:
+        s += f"  |  val clean {row['clean_acc']:.3f}  {attack} {row['robust_acc']:.3f}"
+    return s
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict[str, Any]], *,
+                  select: str, preset: str, finished: bool, eval_info: dict[str, Any],
+                  wall_time: float, device: torch.device) -> dict[str, Any]:
+    _write_csv(out / "metrics.csv", history)
+    if any(len(t) > 1 for t in telemetry):
+        _write_csv(out / "strategy.csv", telemetry)
+    best = best_row(history, select)
+    last = next((r for r in reversed(history) if "clean_acc" in r), None)
+
+    def pick(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if r is None else {"epoch": r["epoch"], "clean_acc": r["clean_acc"],
+                                       "robust_acc": r["robust_acc"]}
+
+    summary = {
+        "preset": preset, "finished": finished, "epochs_completed": len(history),
+        "best_epoch": None if best is None else best["epoch"], "best": pick(best),
+        "last": pick(last), "eval": eval_info, "wall_time_s": round(wall_time, 3),
+        "device": str(device), "versions": versions(),
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    tmp.replace(out / "summary.json")
+    return summary
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    raise TypeError(type(v).__name__)
