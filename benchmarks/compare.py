@@ -20,7 +20,7 @@ Every run is a subprocess (``adaptrain train`` then ``adaptrain eval``) with
 ``OMP_NUM_THREADS=--threads``; finished runs and evaluations are skipped, so re-running the
 command resumes an interrupted plan (an interrupted training resumes with ``--resume``).
 When the best checkpoint is the last epoch's, the last checkpoint's evaluation is a copy of the
-best one's (same weights). Results: OUT/results.md and OUT/results.json.
+best one's (same weights). Results: OUT/NAME.md and OUT/NAME.json (``--name``, default ``results``).
 """
 
 from __future__ import annotations
@@ -170,6 +170,8 @@ def main() -> None:
     p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--collect", action="store_true", help="only tabulate what exists")
+    p.add_argument("--name", default="results",
+                   help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()
     plan = load_plan(args.plan)
     if args.seeds:
@@ -186,8 +188,8 @@ def main() -> None:
     if args.dry_run:
         return
     md, data = collect(args.out, plan)
-    (args.out / "results.md").write_text(md + "\n")
-    (args.out / "results.json").write_text(json.dumps(data, indent=2))
+    (args.out / f"{args.name}.md").write_text(md + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(data, indent=2))
     print(md)
 
 
