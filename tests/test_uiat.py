@@ -234,7 +234,8 @@ def test_feature_regulariser_rewards_moving_towards_clean_features():
     assert ((features(model, res.x_inv) - fa).abs().sum(1) > gap).all()
 
 
-def test_inverse_attacks_leave_the_model_as_they_found_it(digits):
+@pytest.mark.parametrize("bn", ["eval", "batch"])
+def test_inverse_attacks_leave_the_model_as_they_found_it(digits, bn):
     spec, x, y, _, _ = digits
     x, y = x[:32], y[:32]
     x_adv = (x + 8 / 255).clamp(0, 1)
@@ -251,10 +252,10 @@ def test_inverse_attacks_leave_the_model_as_they_found_it(digits):
     flags = [p.requires_grad for p in model.parameters()]
     buffers = copy.deepcopy(model.state_dict())
     loss_fn = inverse_loss(1.0, fc, fa)
-    instance_inverse(model, x, y, loss_fn=loss_fn, steps=3)
-    universal_inverse(model, x, y, torch.zeros(10, 1, 8, 8), loss_fn=loss_fn)
+    instance_inverse(model, x, y, loss_fn=loss_fn, steps=3, bn=bn)
+    universal_inverse(model, x, y, torch.zeros(10, 1, 8, 8), loss_fn=loss_fn, bn=bn)
     ctx = make_ctx(x.shape[0], classes=10, shape=(1, 8, 8))
-    obj = OBJECTIVES.build({"name": "uiat"}, ctx=ctx)
+    obj = OBJECTIVES.build({"name": "uiat", "target_bn": bn}, ctx=ctx)
     obj.targets(make_batch(model, x, y, torch.arange(32)), x_adv)  # clean + adversarial features too
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == flags
@@ -262,6 +263,33 @@ def test_inverse_attacks_leave_the_model_as_they_found_it(digits):
         assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
     after = model.state_dict()
     assert all(torch.equal(buffers[k], after[k]) for k in buffers)  # BN running stats too
+
+
+def test_batch_bn_targets_are_the_batch_statistics_predictions(digits):
+    """target_bn=batch: p = f(x_inv) with BatchNorm on the batch's statistics (what the training
+    forward sees), not on running statistics that lag behind early in training."""
+    spec, x, y, _, _ = digits
+    x, y = x[:32], y[:32]
+    x_adv = (x + 8 / 255).clamp(0, 1)
+    model = build_model({"name": "small_cnn", "width": 4}, spec).train()
+    for m in model.modules():  # running statistics far from the batch's: the two modes disagree
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(3.0)
+    ctx = make_ctx(x.shape[0], classes=10, shape=(1, 8, 8))
+    got = {}
+    for bn in ("eval", "batch"):
+        obj = OBJECTIVES.build({"name": "uiat", "target_bn": bn, "beta": 0.0}, ctx=ctx)
+        t = obj.targets(make_batch(model, x, y, torch.arange(32)), x_adv)
+        x_inv = (x + obj.z[y]).clamp(0, 1)  # the z the targets were computed with (before the step)
+        with torch.no_grad():
+            model.train(bn == "batch")
+            want = F.softmax(model(x_inv), dim=1)
+            model.train()
+        assert torch.allclose(t.p, want, atol=1e-5)
+        got[bn] = t.p
+    assert not torch.allclose(got["eval"], got["batch"], atol=1e-2)
+    with pytest.raises(ConfigError, match="objective.target_bn"):
+        OBJECTIVES.build({"name": "uiat", "target_bn": "train"}, ctx=ctx)
 
 
 def test_pass_counting_sees_direct_feature_calls_once_and_the_clean_pass_is_shared():

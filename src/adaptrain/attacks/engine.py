@@ -33,14 +33,18 @@ EpsSchedule = Callable[[int], torch.Tensor]  # iteration t -> (B,) budget in eff
 
 @contextmanager
 def frozen_model(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
-    """Put ``model`` in eval (or train, if ``bn == 'train'``) mode with parameters frozen;
-    restore every module's mode and every parameter's ``requires_grad`` on exit."""
-    if bn not in ("eval", "train"):
-        raise ValueError(f"attack bn mode must be 'eval' or 'train', got {bn!r}")
+    """Put ``model`` in eval mode (``bn='eval'``) or train mode (``'train'``, BatchNorm uses and
+    updates batch statistics; ``'batch'``, BatchNorm uses batch statistics but its running
+    statistics are restored on exit) with parameters frozen; restore every module's mode and
+    every parameter's ``requires_grad`` on exit."""
+    if bn not in ("eval", "train", "batch"):
+        raise ValueError(f"attack bn mode must be 'eval', 'train' or 'batch', got {bn!r}")
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved = ([(b, b.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+              for b in m.buffers()] if bn == "batch" else [])
     try:
-        model.train(bn == "train")
+        model.train(bn != "eval")
         for p, _ in flags:
             p.requires_grad_(False)
         yield model
@@ -49,6 +53,9 @@ def frozen_model(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 def run(

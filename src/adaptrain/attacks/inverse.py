@@ -17,9 +17,11 @@ gradients); with ``beta = 0`` the loss is plain cross-entropy and needs neither.
   of L_inv w.r.t. z_c), and each class present in the batch takes one signed descent step
   of alpha', projected to ||z_c||_inf <= eps'. Classes absent from the batch do not move.
 
-Both run with BatchNorm in eval mode and frozen parameters (:func:`engine.frozen_model`): the
-running statistics are never touched, no parameter accumulates ``.grad``, and the model's
-modes and flags are restored. Threat model: ||x_inv - x||_inf <= eps', x_inv in [0, 1].
+Both run with frozen parameters (:func:`engine.frozen_model`) and BatchNorm in eval mode
+(``bn='eval'``, running statistics) or on the batch's own statistics (``bn='batch'``, what the
+train-mode forward of the training step sees); the running statistics are never changed, no
+parameter accumulates ``.grad``, and the model's modes and flags are restored.
+Threat model: ||x_inv - x||_inf <= eps', x_inv in [0, 1].
 Shapes: x (B, C, H, W) in [0, 1], y (B,) int64, z (num_classes, C, H, W) float32; budgets
 in [0, 1] image units (eps' = 4/255, alpha' = 1/255 by default).
 """
@@ -72,8 +74,9 @@ def inverse_loss(beta: float = 1.0, feats_clean: torch.Tensor | None = None,
 
 @dataclass
 class InverseResult:
-    """x_inv (B, C, H, W) in [0, 1]; logits (B, C) float32 of the model on x_inv (eval mode,
-    no gradient); for the universal variant ``z`` is the updated (num_classes, C, H, W)."""
+    """x_inv (B, C, H, W) in [0, 1]; logits (B, C) float32 of the model on x_inv (in the
+    attack's BatchNorm mode, no gradient); for the universal variant ``z`` is the updated
+    (num_classes, C, H, W)."""
 
     x_inv: torch.Tensor
     logits: torch.Tensor
@@ -82,7 +85,7 @@ class InverseResult:
 
 def instance_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn,
                      eps: float | torch.Tensor = 4 / 255, step_size: float | torch.Tensor = 1 / 255,
-                     steps: int | torch.Tensor = 5) -> InverseResult:
+                     steps: int | torch.Tensor = 5, bn: str = "eval") -> InverseResult:
     """IAT's instance-wise inverse examples (Eq. 3): ``steps`` signed-gradient descent steps of
     ``step_size`` on ``loss_fn`` from x (no random start), projected to the eps-ball and the
     box. Cost: ``steps`` forward + backward passes, plus one forward for the final logits."""
@@ -90,9 +93,11 @@ def instance_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss
     eps_t = per_sample(eps, B, device=x.device)
     alpha_t = per_sample(step_size, B, device=x.device)
     steps_t = per_sample(steps, B, device=x.device, dtype=torch.int64)
-    with engine.frozen_model(model, "eval"):
+    with engine.frozen_model(model, bn):
+        # batch statistics depend on the whole batch: no sample may leave it (masking)
         res = engine.run(model, x, y, torch.zeros_like(x), eps=eps_t, step_size=alpha_t,
-                         steps=steps_t, norm="linf", loss_fn=loss_fn, direction=-1)
+                         steps=steps_t, norm="linf", loss_fn=loss_fn, direction=-1,
+                         compact=bn == "eval")
         with torch.no_grad():
             logits = model(res.x_adv).float()
     return InverseResult(res.x_adv, logits)
@@ -100,13 +105,13 @@ def instance_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss
 
 def universal_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, *,
                       loss_fn: LossFn, eps: float = 4 / 255,
-                      step_size: float = 1 / 255) -> InverseResult:
+                      step_size: float = 1 / 255, bn: str = "eval") -> InverseResult:
     """UIAT's class-universal step (Algorithm 1, lines 7-11). ``z`` is not modified; the
     updated perturbations are returned in ``result.z``. x_inv and its logits use z *before*
     the update (as Algorithm 1 computes L_inv and then steps), so the whole step costs one
     forward and one backward pass over the batch."""
     rows = torch.arange(x.shape[0], device=x.device)
-    with engine.frozen_model(model, "eval"):
+    with engine.frozen_model(model, bn):
         delta = z.detach()[y].float().requires_grad_(True)  # (B, C, H, W), fp32 under autocast
         x_inv = (x + delta).clamp(0.0, 1.0)
         loss, logits = loss_fn(model, x_inv, y, rows)

@@ -94,11 +94,15 @@ class UIAT(Objective):
                  alpha_inv: float = 1 / 255, inverse_steps: int = 5, momentum: float = 0.9,
                  momentum_start: int | None = None, one_off: bool = False,
                  one_off_epoch: int | None = None,
-                 feature_distance: FeatureDistance = "sum") -> None:
-        """lam: None picks the paper's 3.0 for SVHN, else 3.5. momentum_start (T): None is 10%
-        of the epochs. one_off_epoch (T'): None is the epoch before the first lr decay
-        (``ctx.first_decay_epoch - 1``; the middle epoch if the schedule never decays).
-        inverse_steps: instance-wise only. T, T', alpha' and inverse_steps are not in the paper.
+                 feature_distance: FeatureDistance = "sum",
+                 target_bn: Literal["eval", "batch"] = "eval") -> None:
+        """lam: None picks the paper's 3.0 for SVHN, else 3.5. target_bn: BatchNorm mode of
+        every inverse-side pass (F(x), F(x_adv), the inverse step, f(x_inv) and the one-off
+        clean target f(x)): ``eval`` uses the running statistics, ``batch`` the batch's own
+        (as the train-mode forward on x_adv does; running statistics are left unchanged).
+        momentum_start (T): None is 10% of the epochs. one_off_epoch (T'): None is the epoch
+        before the first lr decay (``ctx.first_decay_epoch - 1``; the middle epoch if the
+        schedule never decays). inverse_steps: instance-wise only. T, T', alpha' and inverse_steps are not in the paper.
         """
         super().__init__(ctx)
         if lam is None:
@@ -123,6 +127,9 @@ class UIAT(Objective):
         self.momentum, self.momentum_start = momentum, momentum_start
         self.one_off, self.one_off_epoch = one_off, one_off_epoch
         self.feature_distance = feature_distance
+        require(target_bn in ("eval", "batch"), "objective.target_bn",
+                f"must be 'eval' or 'batch', got {target_bn!r}")
+        self.target_bn = target_bn
 
         device = ctx.device
         self.p = torch.zeros(ctx.num_train, ctx.num_classes, device=device)
@@ -159,23 +166,36 @@ class UIAT(Objective):
 
     # ---------------------------------------------------------------------------- targets
 
+    def _clean_pass(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean features (B, D) and logits (B, C), no gradient, in ``target_bn`` mode (eval:
+        the batch's shared clean pass)."""
+        if self.target_bn == "eval":
+            return batch.clean_features(), batch.clean_logits()
+        key = "uiat_clean_batch_bn"
+        if key not in batch.cache:
+            with torch.no_grad(), frozen_model(batch.model, "batch"):
+                feats = batch.model.features(batch.x)
+                batch.cache[key] = (feats.float(), batch.model.head(feats).float())
+        return batch.cache[key]
+
     def _clean_target(self, batch: Batch) -> torch.Tensor:
-        return F.softmax(batch.clean_logits(), dim=1)
+        return F.softmax(self._clean_pass(batch)[1], dim=1)
 
     def _inverse_examples(self, batch: Batch, x_adv: torch.Tensor) -> InverseResult:
         model, x, y = batch.model, batch.x, batch.y
         if self.beta > 0:
-            feats_clean = batch.clean_features()
-            with torch.no_grad(), frozen_model(model, "eval"):
+            feats_clean = self._clean_pass(batch)[0]
+            with torch.no_grad(), frozen_model(model, self.target_bn):
                 feats_adv = model.features(x_adv).float()
             loss_fn = inverse_loss(self.beta, feats_clean, feats_adv, self.feature_distance)
         else:
             loss_fn = inverse_loss(0.0)
         if self.inverse == "universal":
             return universal_inverse(model, x, y, self.z, loss_fn=loss_fn, eps=self.eps_inv,
-                                     step_size=self.alpha_inv)
+                                     step_size=self.alpha_inv, bn=self.target_bn)
         return instance_inverse(model, x, y, loss_fn=loss_fn, eps=self.eps_inv,
-                                step_size=self.alpha_inv, steps=self.inverse_steps)
+                                step_size=self.alpha_inv, steps=self.inverse_steps,
+                                bn=self.target_bn)
 
     def targets(self, batch: Batch, x_adv: torch.Tensor) -> _Targets:
         """This batch's KL targets (computed on first use, then cached in ``batch.cache``)."""
