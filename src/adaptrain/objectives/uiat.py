@@ -102,7 +102,8 @@ class UIAT(Objective):
         (as the train-mode forward on x_adv does; running statistics are left unchanged).
         momentum_start (T): None is 10% of the epochs. one_off_epoch (T'): None is the epoch
         before the first lr decay (``ctx.first_decay_epoch - 1``; the middle epoch if the
-        schedule never decays). inverse_steps: instance-wise only. T, T', alpha' and inverse_steps are not in the paper.
+        schedule never decays). inverse_steps: instance-wise only. T, T', alpha' and
+        inverse_steps are not in the paper.
         """
         super().__init__(ctx)
         if lam is None:
