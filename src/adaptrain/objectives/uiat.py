@@ -88,6 +88,7 @@ class UIAT(Objective):
 
     attack_loss = "ce"
     CACHE_KEY = "uiat"
+    CLEAN_BATCH_KEY = "uiat_clean_batch_bn"
 
     def __init__(self, ctx: RunContext, inverse: Literal["instance", "universal"] = "universal",
                  lam: float | None = None, beta: float = 1.0, eps_inv: float = 4 / 255,
@@ -95,7 +96,7 @@ class UIAT(Objective):
                  momentum_start: int | None = None, one_off: bool = False,
                  one_off_epoch: int | None = None,
                  feature_distance: FeatureDistance = "sum",
-                 target_bn: Literal["eval", "batch"] = "eval") -> None:
+                 target_bn: Literal["eval", "batch"] = "batch") -> None:
         """lam: None picks the paper's 3.0 for SVHN, else 3.5. target_bn: BatchNorm mode of
         every inverse-side pass (F(x), F(x_adv), the inverse step, f(x_inv) and the one-off
         clean target f(x)): ``eval`` uses the running statistics, ``batch`` the batch's own
@@ -172,7 +173,7 @@ class UIAT(Objective):
         the batch's shared clean pass)."""
         if self.target_bn == "eval":
             return batch.clean_features(), batch.clean_logits()
-        key = "uiat_clean_batch_bn"
+        key = self.CLEAN_BATCH_KEY
         if key not in batch.cache:
             with torch.no_grad(), frozen_model(batch.model, "batch"):
                 feats = batch.model.features(batch.x)
@@ -266,7 +267,10 @@ class UIAT(Objective):
             s[5] += n
             s[6] += F.cross_entropy(t.inverse.logits, y, reduction="sum")
             s[7] += (t.inverse.logits.argmax(1) == y).sum()
-        clean = batch.cache.get("clean_logits")  # only when some component paid for it
+        # only when some component paid for it; in the targets' BatchNorm mode
+        clean = batch.cache.get("clean_logits")
+        if self.target_bn == "batch":
+            clean = batch.cache.get(self.CLEAN_BATCH_KEY, (None, None))[1]
         if clean is not None:
             s[8] += n
             s[9] += F.cross_entropy(clean, y, reduction="sum")
