@@ -58,27 +58,34 @@ class Batch:
     step: StepInfo
     cache: dict[str, Any] = field(default_factory=dict)
 
-    def clean_logits(self) -> torch.Tensor:
-        """Eval-mode clean logits (B, C), computed once per batch without gradients and without
-        touching BatchNorm statistics."""
-        if "clean_logits" not in self.cache:
+    def clean_logits(self, bn: str = "eval") -> torch.Tensor:
+        """Clean logits (B, C), computed once per batch and BatchNorm mode (``eval``: running
+        statistics; ``batch``: the batch's own, see :func:`frozen_model`) without gradients and
+        without changing BatchNorm statistics."""
+        key = clean_cache_key("clean_logits", bn)
+        if key not in self.cache:
             if _has_features(self.model):
-                self.clean_features()  # the same forward, keeping the features for UIAT
+                self.clean_features(bn)  # the same forward, keeping the features for UIAT
             else:
-                with torch.no_grad(), frozen_model(self.model, "eval"):
-                    self.cache["clean_logits"] = self.model(self.x).float()
-        return self.cache["clean_logits"]
+                with torch.no_grad(), frozen_model(self.model, bn):
+                    self.cache[key] = self.model(self.x).float()
+        return self.cache[key]
 
-    def clean_features(self) -> torch.Tensor:
-        """Eval-mode clean penultimate features (B, D) (``model.features``), from the same
-        no-grad forward that fills :meth:`clean_logits` (logits = ``model.head(features)``)."""
-        if "clean_features" not in self.cache:
-            with torch.no_grad(), frozen_model(self.model, "eval"):
+    def clean_features(self, bn: str = "eval") -> torch.Tensor:
+        """Clean penultimate features (B, D) (``model.features``) in BatchNorm mode ``bn``, from
+        the same no-grad forward that fills :meth:`clean_logits` (logits =
+        ``model.head(features)``)."""
+        key = clean_cache_key("clean_features", bn)
+        if key not in self.cache:
+            with torch.no_grad(), frozen_model(self.model, bn):
                 feats = self.model.features(self.x)
-                self.cache["clean_features"] = feats.float()
-                if "clean_logits" not in self.cache:
-                    self.cache["clean_logits"] = self.model.head(feats).float()
-        return self.cache["clean_features"]
+                self.cache[key] = feats.float()
+                self.cache.setdefault(clean_cache_key("clean_logits", bn), self.model.head(feats).float())
+        return self.cache[key]
+
+
+def clean_cache_key(name: str, bn: str) -> str:
+    return name if bn == "eval" else f"{name}@{bn}"
 
 
 def _has_features(model: nn.Module) -> bool:

@@ -58,7 +58,7 @@ from ..attacks.inverse import (
 )
 from ..attacks.plan import AttackPlan
 from ..component import require
-from ..context import Batch, RunContext
+from ..context import Batch, RunContext, clean_cache_key
 from .base import OBJECTIVES, Objective
 
 Z_INIT_SCALE = 0.001  # Algorithm 1: z_c ~ 0.001 * N(0, 1)
@@ -88,7 +88,6 @@ class UIAT(Objective):
 
     attack_loss = "ce"
     CACHE_KEY = "uiat"
-    CLEAN_BATCH_KEY = "uiat_clean_batch_bn"
 
     def __init__(self, ctx: RunContext, inverse: Literal["instance", "universal"] = "universal",
                  lam: float | None = None, beta: float = 1.0, eps_inv: float = 4 / 255,
@@ -168,25 +167,13 @@ class UIAT(Objective):
 
     # ---------------------------------------------------------------------------- targets
 
-    def _clean_pass(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean features (B, D) and logits (B, C), no gradient, in ``target_bn`` mode (eval:
-        the batch's shared clean pass)."""
-        if self.target_bn == "eval":
-            return batch.clean_features(), batch.clean_logits()
-        key = self.CLEAN_BATCH_KEY
-        if key not in batch.cache:
-            with torch.no_grad(), frozen_model(batch.model, "batch"):
-                feats = batch.model.features(batch.x)
-                batch.cache[key] = (feats.float(), batch.model.head(feats).float())
-        return batch.cache[key]
-
     def _clean_target(self, batch: Batch) -> torch.Tensor:
-        return F.softmax(self._clean_pass(batch)[1], dim=1)
+        return F.softmax(batch.clean_logits(self.target_bn), dim=1)
 
     def _inverse_examples(self, batch: Batch, x_adv: torch.Tensor) -> InverseResult:
         model, x, y = batch.model, batch.x, batch.y
         if self.beta > 0:
-            feats_clean = self._clean_pass(batch)[0]
+            feats_clean = batch.clean_features(self.target_bn)
             with torch.no_grad(), frozen_model(model, self.target_bn):
                 feats_adv = model.features(x_adv).float()
             loss_fn = inverse_loss(self.beta, feats_clean, feats_adv, self.feature_distance)
@@ -268,9 +255,7 @@ class UIAT(Objective):
             s[6] += F.cross_entropy(t.inverse.logits, y, reduction="sum")
             s[7] += (t.inverse.logits.argmax(1) == y).sum()
         # only when some component paid for it; in the targets' BatchNorm mode
-        clean = batch.cache.get("clean_logits")
-        if self.target_bn == "batch":
-            clean = batch.cache.get(self.CLEAN_BATCH_KEY, (None, None))[1]
+        clean = batch.cache.get(clean_cache_key("clean_logits", self.target_bn))
         if clean is not None:
             s[8] += n
             s[9] += F.cross_entropy(clean, y, reduction="sum")
