@@ -5,7 +5,8 @@ A plan is a YAML file:
 
     common: [data.name=imagefolder, data.root=../shared/data/cifar10-jpeg.tar.gz, epochs=15, ...]
     seeds: [0, 1]
-    include: common.yaml      # optional: defaults for common / seeds / eval
+    include: common.yaml      # optional: defaults for common / seeds / eval / checkpoints
+    checkpoints: [best, last] # optional: which checkpoints to evaluate (default both)
     eval: [--attacks, "clean,pgd-20,cw-20,aa", --aa-version, custom, --aa-attacks, "apgd-ce,apgd-t",
            --n, "1000"]
     runs:
@@ -61,7 +62,7 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) 
         else:
             over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
             cmds.append([*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"])
-    for which in ("best", "last"):
+    for which in checkpoints(plan):
         if not (d / "eval" / f"{which}.json").is_file():
             cmds.append([*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",
                          "--seed", str(plan.get("eval_seed", 0)), *plan.get("eval", [])])
@@ -69,7 +70,8 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) 
         if dry:
             print(" ".join(cmd))
             continue
-        if "--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last" and same_weights(d):
+        if ("--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last"
+                and "best" in checkpoints(plan) and same_weights(d)):
             shutil.copyfile(d / "eval" / "best.json", d / "eval" / "last.json")  # best is the last epoch
             continue
         t0 = time.time()
@@ -81,6 +83,14 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) 
             return f"FAILED ({proc.returncode}) {entry['label']} seed {seed}: see {log}"
         print(f"done {entry['label']} seed {seed}: {cmd[3]} ({time.time() - t0:.0f} s)", flush=True)
     return f"ok {entry['label']} seed {seed}"
+
+
+def checkpoints(plan: dict) -> list[str]:
+    """Which checkpoints a plan evaluates (``checkpoints: [best, last]`` by default)."""
+    which = list(plan.get("checkpoints", ["best", "last"]))
+    if not which or set(which) - {"best", "last"}:
+        raise SystemExit(f"plan field 'checkpoints' must be a non-empty list of best / last, got {which}")
+    return which
 
 
 def same_weights(d: Path) -> bool:
@@ -104,7 +114,7 @@ def collect(out: Path, plan: dict) -> tuple[str, dict]:
     attack_names: list[str] = []
     for entry in plan["runs"]:
         for seed in plan["seeds"]:
-            for which in ("best", "last"):
+            for which in checkpoints(plan):
                 f = run_dir(out, entry["label"], seed) / "eval" / f"{which}.json"
                 if f.is_file():
                     acc = json.loads(f.read_text())["accuracy"]
@@ -112,7 +122,7 @@ def collect(out: Path, plan: dict) -> tuple[str, dict]:
     for entry in plan["runs"]:
         label = entry["label"]
         data[label] = {}
-        for which in ("best", "last"):
+        for which in checkpoints(plan):
             vals: dict[str, list[float]] = {}
             epochs, times = [], []
             for seed in plan["seeds"]:

@@ -136,6 +136,14 @@ def measure_pair(pair: str, args: argparse.Namespace, out: Path) -> dict[str, An
         "breakdown_s_per_epoch": breakdown, "passes": passes, "samples_epoch_s": dict(epoch_s),
         "las_telemetry": telemetry["las"],
     }
+    # what LAS's own machinery (policy forward, reward, policy update) adds, against what the
+    # sampled attack costs; the latter follows the option lists' (and later the policy's) mean
+    # iteration count, not the implementation
+    lb = breakdown["las"]
+    machinery = lb["policy"] + lb["reward"] + lb["policy_update"]
+    result["machinery_over_base"] = machinery / med["base"]
+    result["ratio_without_machinery"] = (med["las"] - machinery) / med["base"]
+    result["attack_ratio"] = lb["attack"] / breakdown["base"]["attack"]
     updates = [t["policy_updates"] for t in telemetry["las"]]
     if updates and min(updates) > 0:
         b = breakdown["las"]

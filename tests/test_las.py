@@ -397,3 +397,24 @@ def test_ablation_and_accuracy_reward_switches(tmp_path):
     assert 0 <= row["reward_l2"] <= 1 and 0 <= row["reward_l3"] <= 1  # accuracies of w_hat
     assert math.isclose(row["reward"], row["reward_l1"] + 4 * row["reward_l2"] + 2 * row["reward_l3"],
                         rel_tol=1e-6)
+
+
+def test_in_training_the_attack_loss_reward_moves_the_policy_to_the_larger_budget(tmp_path):
+    # the whole loop, reward sign included: on a clean-trained target the loss on x_adv (L1)
+    # grows steeply with eps, so a policy rewarded with L1 alone must move its mass to the
+    # larger budget (the paper's Figure 4 "easy to difficult" drift). From an untrained target
+    # the eps effect is small next to the per-sample spread of the loss and the drift is noisy
+    # at this size (docs/las.md), hence the clean start.
+    base = [o for o in DIGITS if not o.startswith(("epochs=", "data.subset=", "strategy.", "optim.lr="))]
+    train(build_config("quickstart-clean", base + ["epochs=8", "data.subset=256", "optim.lr=0.1"]),
+          tmp_path / "clean", progress=False, log=lambda s: None)
+    over = [o for o in DIGITS if not o.startswith(("epochs=", "data.subset=", "strategy.k=",
+                                                     "strategy.eps_options=", "strategy.iters_options="))]
+    cfg = build_config("las-pgd-at", over + [
+        "epochs=2", "data.subset=256", f"init_from={tmp_path / 'clean'}", "strategy.k=1",
+        "strategy.policy_lr=0.1", "strategy.eps_options=[2,10]", "strategy.iters_options=[3]",
+        "strategy.reward_terms=[l1]"])
+    train(cfg, tmp_path / "las", progress=False, log=lambda s: None)
+    shares = [row["eps_share_10"] for row in read_csv(tmp_path / "las" / "strategy.csv")]
+    assert len(shares) == 2
+    assert 0.55 < shares[0] < shares[1] and shares[1] > 0.9, shares

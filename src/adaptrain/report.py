@@ -213,7 +213,10 @@ def plot_telemetry(r: RunInfo, path: Path, max_panels: int = 12) -> Path | None:
     for ax, (kind, title, epochs, data) in zip(axes.flat, panels, strict=False):
         if kind == "dist":
             keys = sorted(data, key=float)
-            ax.stackplot(epochs, [data[k] for k in keys], labels=keys)
+            # ordered options in a sequential colour map: a drift to larger values reads as a
+            # shift from dark to light (a cyclic palette would repeat colours beyond 10 options)
+            colors = plt.cm.viridis([i / max(len(keys) - 1, 1) for i in range(len(keys))])
+            ax.stackplot(epochs, [data[k] for k in keys], labels=keys, colors=colors)
             ax.set(ylim=(0, 1), ylabel="share of samples")
             ax.legend(fontsize=6, ncol=2, loc="upper right")
         else:
