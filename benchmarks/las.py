@@ -146,9 +146,8 @@ def measure_pair(pair: str, args: argparse.Namespace, out: Path) -> dict[str, An
     result["attack_ratio"] = lb["attack"] / breakdown["base"]["attack"]
     updates = [t["policy_updates"] for t in telemetry["las"]]
     if updates and min(updates) > 0:
-        b = breakdown["las"]
-        per_update = (b["reward"] + b["policy_update"]) / statistics.median(updates)
-        amortised = med["las"] - b["reward"] - b["policy_update"] + per_update * args.batches / args.k
+        per_update = (lb["reward"] + lb["policy_update"]) / statistics.median(updates)
+        amortised = med["las"] - lb["reward"] - lb["policy_update"] + per_update * args.batches / args.k
         result["las_amortised_epoch_s"] = amortised
         result["ratio_amortised"] = amortised / med["base"]
         result["reward_plus_update_s_per_update"] = per_update
