@@ -11,8 +11,17 @@ Every variant trains the same narrow PreActResNet-18 (``--width``) on the same `
 CIFAR-10 batches; the LAS variants use a small-CNN policy (``--policy-width``) and update it
 every ``--k`` batches, so an epoch of a multiple of k batches contains exactly batches / k
 policy updates (otherwise the amortised figure below accounts for the difference). Variants
-are interleaved (base, LAS, base, LAS, ...) and medians reported. Pass counts come from
-adaptrain.profiling (exact rows through the target model and AWP's proxy, first repeat).
+are interleaved (base, LAS, base, LAS, ...); medians are reported, and the median of the
+per-repeat ratios (each LAS epoch over the base epoch run just before it, which cancels most
+of the machine's drift). Pass counts come from adaptrain.profiling (exact rows through the
+target model and AWP's proxy, first repeat).
+
+``attack_replay`` separates the attack engine from the training context: on one target model
+(the base run's) and the same batches it runs the base plan and the plan LAS samples,
+alternately, and reports seconds per row-iteration (a sample's gradient step; padding rows
+of the working batch are paid for but not counted). Equal figures mean the compacted
+per-sample attack costs what its iterations do; ``las_unpadded`` runs the same plans with the
+working batch cut to exactly its active rows (no ``engine.WIDTHS`` rounding).
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ from typing import Any
 
 import torch
 
+from adaptrain.attacks import engine
 from adaptrain.config import build_config
+from adaptrain.context import Batch, StepInfo
 from adaptrain.profiling import count_passes
 from adaptrain.train import Run, setup, train_epoch
 
@@ -129,10 +140,12 @@ def measure_pair(pair: str, args: argparse.Namespace, out: Path) -> dict[str, An
                                         "policy_updates": seconds["policy_update_calls"]})
             _unwrap(run)
     med = {name: statistics.median(v) for name, v in epoch_s.items()}
+    paired = [b / a for a, b in zip(epoch_s["base"], epoch_s["las"], strict=True)]
     breakdown = {name: {p: statistics.median(v) for p, v in ph.items()} for name, ph in phase_s.items()}
     result: dict[str, Any] = {
         "base_preset": base_preset, "las_preset": las_preset,
         "epoch_s": med, "ratio_las_over_base": med["las"] / med["base"],
+        "ratio_paired_median": statistics.median(paired), "ratios_paired": paired,
         "breakdown_s_per_epoch": breakdown, "passes": passes, "samples_epoch_s": dict(epoch_s),
         "las_telemetry": telemetry["las"],
     }
@@ -151,7 +164,43 @@ def measure_pair(pair: str, args: argparse.Namespace, out: Path) -> dict[str, An
         result["las_amortised_epoch_s"] = amortised
         result["ratio_amortised"] = amortised / med["base"]
         result["reward_plus_update_s_per_update"] = per_update
+    if args.replay:
+        result["attack_replay"] = attack_replay(variants, args.replay)
     return result
+
+
+def attack_replay(variants: dict[str, Run], repeats: int) -> dict[str, Any]:
+    """Seconds per row-iteration of the base plan and of LAS's sampled plans on one model.
+
+    Both variants' plans are made for the same batches and run on the base run's target, so
+    only the plan differs (per-sample budgets and iterations, hence compaction); the LAS
+    strategy samples a fresh plan every call, as in training.
+    """
+    model = variants["base"].net
+    batches = list(variants["base"].loader)[:2]
+    # "las_unpadded": the same sampled plans with the working batch compacted to exactly its
+    # active rows (every size from B down), i.e. without engine.WIDTHS
+    runs = {**variants, "las_unpadded": variants["las"]}
+    seconds = {name: 0.0 for name in runs}
+    rows = {name: 0 for name in runs}
+    widths = engine.WIDTHS
+    try:
+        for r in range(repeats):
+            for i, (x, y, idx) in enumerate(batches):
+                for name, run in runs.items():
+                    engine.WIDTHS = x.shape[0] if name == "las_unpadded" else widths
+                    batch = Batch(model, x, y, idx, StepInfo(0, i, i, run.optimizer.param_groups[0]["lr"]))
+                    plan = run.attack.resolve(run.objective.prepare(batch, run.strategy.plan(batch)))
+                    t0 = time.perf_counter()
+                    res = run.attack(model, x, y, plan, generator=torch.Generator().manual_seed(r))
+                    seconds[name] += time.perf_counter() - t0
+                    rows[name] += int(res.steps_used.sum())
+    finally:
+        engine.WIDTHS = widths
+    per_row = {name: seconds[name] / rows[name] for name in runs}
+    return {"s_per_row_iteration": per_row, "ratio_las_over_base": per_row["las"] / per_row["base"],
+            "ratio_unpadded_over_base": per_row["las_unpadded"] / per_row["base"],
+            "row_iterations": rows, "calls_each": repeats * len(batches)}
 
 
 def _unwrap(run: Run) -> None:
@@ -176,6 +225,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20, help="policy update interval (strategy.k)")
     p.add_argument("--reward-subset", type=int, default=0, help="strategy.reward_subset (0: all)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--replay", type=int, default=0,
+                   help="attack_replay repeats over 2 batches (0: skip)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

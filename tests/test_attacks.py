@@ -136,6 +136,26 @@ def test_compaction_saves_passes_for_uneven_steps():
     assert c.forward_rows == 12 * 12
 
 
+def test_compacted_working_batch_is_padded_to_few_sizes():
+    """B = 64: the working batch is rounded up to a multiple of 64 // 16 = 4 rows with frozen
+    rows, which never move, so results still equal masking."""
+    model = small_bn_model()
+    x, y = data(n=64, shape=(3, 8, 8), seed=3)
+    x = x.double()
+    steps = torch.randint(0, 13, (64,), generator=torch.Generator().manual_seed(0))
+    plan = AttackPlan(eps=8 / 255, step_size=2 / 255, steps=steps, bn="eval")
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[0]))
+    compact = pgd(model, x, y, plan, generator=torch.Generator().manual_seed(5))
+    hook.remove()
+    masked = pgd(model, x, y, plan, generator=torch.Generator().manual_seed(5), compact=False)
+    assert torch.allclose(compact.x_adv, masked.x_adv, atol=1e-12)
+    assert torch.equal(compact.steps_used, steps) and torch.equal(masked.steps_used, steps)
+    active = [int((steps > t).sum()) for t in range(int(steps.max()))]
+    assert widths == [min(64, -(-a // 4) * 4) for a in active]
+    assert len(set(widths)) <= engine.WIDTHS and sum(widths) < 64 * int(steps.max())
+
+
 def test_attack_leaves_parameters_modes_and_flags_alone():
     model = small_bn_model().float()
     model.train()

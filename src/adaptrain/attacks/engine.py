@@ -6,10 +6,11 @@ project, clip to the box. A sample freezes once its own ``steps_i`` are used or 
 
 Active-set compaction: with BatchNorm in eval mode every sample's forward pass is
 independent of the others, so frozen samples are dropped from the working batch (gather the
-active rows, scatter results back) and a batch costs the *mean* of its per-sample steps. With
+active rows, scatter results back) and a batch costs the *mean* of its per-sample steps, plus
+the padding that keeps the working batch at one of ``WIDTHS`` sizes (below). With
 BatchNorm in train mode the batch statistics would change if rows were dropped, so the engine
 masks instead (every row is forwarded, frozen rows simply do not move). The only host
-synchronisation per iteration is the one that finds the active rows.
+synchronisation per iteration is the one that counts the active rows.
 
 Gradients are taken with ``torch.autograd.grad`` w.r.t. delta only; parameters are set to
 ``requires_grad=False`` for the duration so that no weight gradients are even computed, and
@@ -28,6 +29,11 @@ from ..threat import bcast, clip_box, project, steepest_direction
 from .losses import LossFn
 from .plan import AttackResult
 
+# The compacted working batch is rounded up to a multiple of B // WIDTHS rows (padded with
+# frozen rows, which are forwarded but never move), so it takes at most WIDTHS distinct sizes.
+# Kernels are planned per input shape -- oneDNN's primitive cache on CPU, cuDNN's autotuner
+# (``cudnn.benchmark``) on CUDA -- and a shrinking batch of ~B sizes keeps missing those caches.
+WIDTHS = 16
 EpsSchedule = Callable[[int], torch.Tensor]  # iteration t -> (B,) budget in effect at step t
 
 
@@ -106,6 +112,7 @@ def run(
     eps_final = eps_of(0).detach().clone() if B else torch.zeros(0, device=device)
     all_rows = torch.arange(B, device=device)
     n_iter = int(steps.max()) if B else 0  # one host sync for the whole run
+    quantum = max(1, B // WIDTHS)
 
     def check(loss: torch.Tensor, logits: torch.Tensor, ys: torch.Tensor, rows: torch.Tensor,
               act: torch.Tensor) -> torch.Tensor:
@@ -126,10 +133,12 @@ def run(
 
     for t in range(n_iter):
         if compact:
-            rows = active.nonzero().squeeze(1)
-            if rows.numel() == 0:
+            m = int(active.sum())  # the one host sync per iteration
+            if m == 0:
                 break
-            full = rows.numel() == B
+            width = min(B, -(-m // quantum) * quantum)
+            full = width == B
+            rows = all_rows if full else torch.argsort((~active).to(torch.uint8), stable=True)[:width]
         else:
             if not bool(active.any()):
                 break
