@@ -31,8 +31,9 @@ from .plan import AttackResult
 
 # The compacted working batch is rounded up to a multiple of B // WIDTHS rows (padded with
 # frozen rows, which are forwarded but never move), so it takes at most WIDTHS distinct sizes.
-# Kernels are planned per input shape -- oneDNN's primitive cache on CPU, cuDNN's autotuner
-# (``cudnn.benchmark``) on CUDA -- and a shrinking batch of ~B sizes keeps missing those caches.
+# Kernels are planned per input shape -- oneDNN's bounded primitive cache on CPU, cuDNN's
+# autotuner (``cudnn.benchmark``) on CUDA -- and a batch shrinking through up to B sizes would
+# pay that planning over and over (docs/las.md measures the difference).
 WIDTHS = 16
 EpsSchedule = Callable[[int], torch.Tensor]  # iteration t -> (B,) budget in effect at step t
 
