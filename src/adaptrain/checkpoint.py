@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -95,11 +96,15 @@ def safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        # torch's own text is about its weights_only default and suggests turning the
+        # protection off; say instead what the file holds and how to make it loadable
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (e.g. {found.group(1)})" if found else ""
         raise CheckpointError(
             "checkpoint",
-            f"refusing to load {path}: it contains a pickle payload that is not plain tensor "
-            f"data ({first[:160]}); only safetensors / weights-only checkpoints are accepted",
+            f"refusing to load {path}: it contains pickled Python objects{what}, which adaptrain "
+            "never executes; re-save the weights as safetensors or as a plain state dict of "
+            "tensors (torch.save(model.state_dict(), path))",
         ) from None
     except (RuntimeError, OSError, EOFError) as exc:
         raise CheckpointError("checkpoint", f"cannot read {path}: {str(exc).splitlines()[0]}") from None
