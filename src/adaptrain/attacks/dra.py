@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..component import require
+from ..component import MAX_STEPS, require_in
 from ..threat import bcast, clip_box, norm, per_sample, random_delta
 from . import engine
 from .base import ATTACKS, Attack, BNMode
@@ -178,8 +178,9 @@ def dra_attack(p: float = 1 / 3, steps: int | None = 5, budget: BudgetName = "pe
                rank: RankName = "last", random_start: DraStart = "auto",
                bn: BNMode = "eval") -> Attack:
     """DRA (Hou et al., Algorithm 1): T L1-normalised steps, keep the top-p |grad| coordinates."""
-    require(0.0 <= p <= 1.0, "attack.p", f"must be in [0, 1], got {p}")
-    require(steps is None or steps >= 1, "attack.steps", f"must be >= 1 or null, got {steps}")
+    require_in(p, "attack.p", 0, 1, low_open=True, why="the kept fraction of coordinates")
+    if steps is not None:
+        require_in(steps, "attack.steps", 1, MAX_STEPS)
 
     def run_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: AttackPlan, *,
                 generator: torch.Generator | None = None, loss_fn: LossFn | None = None,

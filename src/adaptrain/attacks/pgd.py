@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..component import MAX_RESTARTS, require_in
 from ..threat import bcast, clip_box, per_sample, random_delta
 from . import engine
 from .base import ATTACKS, Attack, BNMode, NormName, StartName
@@ -115,4 +116,5 @@ class _SubBatch:
 def pgd_attack(norm: NormName = "linf", random_start: StartName = "auto", bn: BNMode = "eval",
                restarts: int = 1) -> Attack:
     """Projected gradient descent (Madry et al. 2018) with per-sample eps / step / steps."""
+    require_in(restarts, "attack.restarts", 1, MAX_RESTARTS)
     return Attack("pgd", pgd, norm=norm, random_start=random_start, bn=bn, restarts=restarts)

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..component import require
+from ..component import MAX_MULTIPLE, require, require_in
 from .base import ATTACKS, Attack, BNMode, NormName
 from .losses import LossFn
 from .pgd import pgd
@@ -72,7 +72,7 @@ def _check_bn(bn: str) -> None:
 @ATTACKS.register("fgsm")
 def fgsm_attack(step: float = 1.0, norm: NormName = "linf", bn: BNMode = "eval") -> Attack:
     """FGSM from zero (Goodfellow et al. 2015): step = ``step`` * eps (default 1.0 * eps)."""
-    require(step > 0, "attack.step", f"must be > 0 (a multiple of eps), got {step}")
+    require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
     return Attack("fgsm", partial(single_step, step=step, start="zero"), norm=norm,
                   random_start="auto", bn=bn)
@@ -81,7 +81,7 @@ def fgsm_attack(step: float = 1.0, norm: NormName = "linf", bn: BNMode = "eval")
 @ATTACKS.register("fgsm_rs")
 def fgsm_rs_attack(step: float = 1.25, norm: NormName = "linf", bn: BNMode = "eval") -> Attack:
     """FGSM-RS (Wong et al. 2020): uniform start in eps, step 1.25 * eps, projected to eps."""
-    require(step > 0, "attack.step", f"must be > 0 (a multiple of eps), got {step}")
+    require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
     return Attack("fgsm_rs", partial(single_step, step=step, start="uniform"), norm=norm,
                   random_start="uniform", bn=bn)
@@ -91,8 +91,8 @@ def fgsm_rs_attack(step: float = 1.25, norm: NormName = "linf", bn: BNMode = "ev
 def n_fgsm_attack(k: float = 2.0, step: float = 1.0, norm: NormName = "linf",
                   bn: BNMode = "eval") -> Attack:
     """N-FGSM (de Jorge et al. 2022): noise U(-k eps, k eps) with k 2, step 1.0 * eps, no projection."""
-    require(k >= 0, "attack.k", f"must be >= 0 (noise radius as a multiple of eps), got {k}")
-    require(step > 0, "attack.step", f"must be > 0 (a multiple of eps), got {step}")
+    require_in(k, "attack.k", 0, MAX_MULTIPLE, why="the noise radius as a multiple of eps")
+    require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
     start = "uniform" if k > 0 else "zero"
     return Attack("n_fgsm", partial(single_step, step=step, start=start, noise=k, project=False),

@@ -8,10 +8,12 @@ used by UIAT's feature regulariser; ``forward(x) == head(features(x))``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..component import MAX_WIDTH, require_in
 from ..registry import Registry
 
 # Builders receive these from the data set, the rest of their keyword arguments come from
@@ -19,6 +21,20 @@ from ..registry import Registry
 MODELS: Registry[nn.Module] = Registry(
     "model", injected=("num_classes", "in_channels", "image_size", "mean", "std")
 )
+
+
+# Every architecture registers a ``validator`` (a pure check of its fields): config validation
+# runs it instead of building a network of up to ~50M parameters just to check a number.
+
+
+def check_width(fields: dict[str, Any]) -> None:
+    """The base channel width (``model.width``) of every architecture: 1 .. MAX_WIDTH."""
+    require_in(fields["width"], "model.width", 1, MAX_WIDTH,
+               why="parameters grow with its square; 64 is the ResNets' standard")
+
+
+def check_dropout(fields: dict[str, Any]) -> None:
+    require_in(fields["dropout"], "model.dropout", 0, 1, high_open=True)
 
 
 class ImageClassifier(nn.Module):

@@ -12,13 +12,13 @@ the network still applies. No BatchNorm; dropout is off in eval mode.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import MODELS, ImageClassifier
+from .base import MODELS, ImageClassifier, check_dropout, check_width
 
 
 def _out_size(size: int, pad: int) -> int:
@@ -52,7 +52,12 @@ class CNN2C2F(ImageClassifier):
         return self.drop(F.relu(self.fc1(out.flatten(1))))
 
 
-@MODELS.register("cnn2c2f")
+def check_cnn2c2f(fields: dict[str, Any]) -> None:
+    check_width(fields)
+    check_dropout(fields)
+
+
+@MODELS.register("cnn2c2f", validator=check_cnn2c2f)
 def cnn2c2f(
     *,
     num_classes: int,
@@ -64,8 +69,5 @@ def cnn2c2f(
     dropout: float = 0.5,
 ) -> CNN2C2F:
     """TRADES's 2-conv 2-fc MNIST CNN (width 10: 10/20 channels, 50 hidden), as used by DRA."""
-    if width < 1:
-        raise ConfigError("model.width", f"must be a positive integer, got {width}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
+    check_cnn2c2f({"width": width, "dropout": dropout})
     return CNN2C2F(num_classes, in_channels, tuple(image_size), mean, std, width, dropout)

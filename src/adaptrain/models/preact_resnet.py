@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import MODELS, ImageClassifier
+from .base import MODELS, ImageClassifier, check_width
 
 
 class PreActBlock(nn.Module):
@@ -77,7 +76,7 @@ class PreActResNet(ImageClassifier):
         return self.pool(out).flatten(1)
 
 
-@MODELS.register("preact_resnet18")
+@MODELS.register("preact_resnet18", validator=check_width)
 def preact_resnet18(
     *,
     num_classes: int,
@@ -88,6 +87,5 @@ def preact_resnet18(
     width: int = 64,
 ) -> PreActResNet:
     """PreActResNet-18 (Rice et al. 2020); width 64 has ~11.17M parameters."""
-    if width < 1:
-        raise ConfigError("model.width", f"must be a positive integer, got {width}")
+    check_width({"width": width})
     return PreActResNet((2, 2, 2, 2), num_classes, in_channels, mean, std, width)

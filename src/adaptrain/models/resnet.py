@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import MODELS, ImageClassifier
+from .base import MODELS, ImageClassifier, check_width
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -108,12 +107,7 @@ class ResNet(ImageClassifier):
         return self.pool(self.layers(out)).flatten(1)
 
 
-def _check_width(width: int) -> None:
-    if width < 1:
-        raise ConfigError("model.width", f"must be a positive integer, got {width}")
-
-
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", validator=check_width)
 def resnet18(
     *,
     num_classes: int,
@@ -124,11 +118,11 @@ def resnet18(
     width: int = 64,
 ) -> ResNet:
     """ResNet-18 (He et al. 2016), CIFAR stem; width 64 has ~11.17M parameters."""
-    _check_width(width)
+    check_width({"width": width})
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, mean, std, width)
 
 
-@MODELS.register("resnet50")
+@MODELS.register("resnet50", validator=check_width)
 def resnet50(
     *,
     num_classes: int,
@@ -139,5 +133,5 @@ def resnet50(
     width: int = 64,
 ) -> ResNet:
     """ResNet-50 (He et al. 2016), bottlenecks, CIFAR stem; width 64 has ~23.5M parameters."""
-    _check_width(width)
+    check_width({"width": width})
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, mean, std, width)

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .base import MODELS, ImageClassifier
+from .base import MODELS, ImageClassifier, check_width
 
 
 def _conv_bn_relu(in_planes: int, planes: int) -> list[nn.Module]:
@@ -57,7 +56,7 @@ class SmallCNN(ImageClassifier):
         return self.body(z)
 
 
-@MODELS.register("small_cnn")
+@MODELS.register("small_cnn", validator=check_width)
 def small_cnn(
     *,
     num_classes: int,
@@ -68,6 +67,5 @@ def small_cnn(
     width: int = 32,
 ) -> SmallCNN:
     """Small CNN (4 conv-BN-ReLU, global pool, hidden linear) for digits / MNIST / tests."""
-    if width < 1:
-        raise ConfigError("model.width", f"must be a positive integer, got {width}")
+    check_width({"width": width})
     return SmallCNN(num_classes, in_channels, mean, std, width)

@@ -10,13 +10,14 @@ Input (B, C, H, W) in [0, 1] (the second and third groups halve the resolution);
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import MODELS, ImageClassifier
+from ..component import require, require_in
+from .base import MODELS, ImageClassifier, check_dropout, check_width
 
 
 class WideBlock(nn.Module):
@@ -83,7 +84,19 @@ class WideResNet(ImageClassifier):
         return self.pool(out).flatten(1)
 
 
-@MODELS.register("wrn")
+MAX_DEPTH, MAX_WIDEN = 1000, 64  # WRN-1000 has ~1.4e9 parameters at k 10; the literature stops at k 20
+
+
+def check_wrn(fields: dict[str, Any]) -> None:
+    depth = fields["depth"]
+    require(10 <= depth <= MAX_DEPTH and (depth - 4) % 6 == 0, "model.depth",
+            f"{depth} is not 6n + 4 in [10, {MAX_DEPTH}]; allowed: 10, 16, 22, 28, 34, 40, ...")
+    require_in(fields["widen_factor"], "model.widen_factor", 1, MAX_WIDEN)
+    check_width(fields)
+    check_dropout(fields)
+
+
+@MODELS.register("wrn", validator=check_wrn)
 def wrn(
     *,
     num_classes: int,
@@ -97,15 +110,5 @@ def wrn(
     dropout: float = 0.0,
 ) -> WideResNet:
     """WideResNet-depth-k as in TRADES / AWP; depth 34, k 10 has ~46.16M parameters."""
-    if depth < 10 or (depth - 4) % 6 != 0:
-        raise ConfigError(
-            "model.depth",
-            f"{depth} is not 6n + 4 with n >= 1; allowed: 10, 16, 22, 28, 34, 40, ...",
-        )
-    if widen_factor < 1:
-        raise ConfigError("model.widen_factor", f"must be a positive integer, got {widen_factor}")
-    if width < 1:
-        raise ConfigError("model.width", f"must be a positive integer, got {width}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError("model.dropout", f"must be in [0, 1), got {dropout}")
+    check_wrn({"depth": depth, "widen_factor": widen_factor, "width": width, "dropout": dropout})
     return WideResNet(depth, widen_factor, num_classes, in_channels, mean, std, width, dropout)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attacks.losses import kl_to_ref
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_WEIGHT, require_in
 from ..context import Batch, RunContext
 from .base import OBJECTIVES, Objective, per_sample_beta
 
@@ -25,7 +25,7 @@ class MART(Objective):
 
     def __init__(self, ctx: RunContext, beta: float = 6.0) -> None:
         super().__init__(ctx)
-        require(beta >= 0, "objective.beta", f"must be >= 0, got {beta}")
+        require_in(beta, "objective.beta", 0, MAX_WEIGHT, why="a loss weight")
         self.beta = beta
 
     def loss(self, model: nn.Module, batch: Batch, x_adv: torch.Tensor, plan: AttackPlan, *,

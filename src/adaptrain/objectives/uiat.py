@@ -57,7 +57,7 @@ from ..attacks.inverse import (
     universal_inverse,
 )
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_EPOCHS, MAX_STEPS, MAX_WEIGHT, require, require_in
 from ..context import Batch, RunContext, clean_cache_key
 from .base import OBJECTIVES, Objective
 
@@ -108,20 +108,21 @@ class UIAT(Objective):
         super().__init__(ctx)
         if lam is None:
             lam = 3.0 if ctx.dataset.lower() == "svhn" else 3.5
-        require(lam >= 0, "objective.lam", f"must be >= 0, got {lam}")
-        require(beta >= 0, "objective.beta", f"must be >= 0, got {beta}")
-        require(eps_inv >= 0, "objective.eps_inv", f"must be >= 0, got {eps_inv}")
-        require(alpha_inv > 0, "objective.alpha_inv", f"must be > 0, got {alpha_inv}")
-        require(inverse_steps >= 1, "objective.inverse_steps", f"must be >= 1, got {inverse_steps}")
+        require_in(lam, "objective.lam", 0, MAX_WEIGHT, why="a loss weight")
+        require_in(beta, "objective.beta", 0, MAX_WEIGHT, why="a loss weight")
+        require_in(eps_inv, "objective.eps_inv", 0, 1, why="an L-inf budget in [0, 1] image units")
+        require_in(alpha_inv, "objective.alpha_inv", 0, 1, low_open=True,
+                   why="an L-inf step in [0, 1] image units")
+        require_in(inverse_steps, "objective.inverse_steps", 1, MAX_STEPS)
         require(0 <= momentum < 1, "objective.momentum", f"must be in [0, 1), got {momentum}")
         if momentum_start is None:
             momentum_start = ctx.epochs // 10
-        require(momentum_start >= 0, "objective.momentum_start",
+        require(0 <= momentum_start <= MAX_EPOCHS, "objective.momentum_start",
                 f"must be >= 0 (a 0-based epoch), got {momentum_start}")
         if one_off_epoch is None:
             decay = ctx.first_decay_epoch
             one_off_epoch = max(0, (decay if decay is not None else math.ceil(ctx.epochs / 2)) - 1)
-        require(one_off_epoch >= 0, "objective.one_off_epoch",
+        require(0 <= one_off_epoch <= MAX_EPOCHS, "objective.one_off_epoch",
                 f"must be >= 0 (a 0-based epoch), got {one_off_epoch}")
         self.inverse, self.lam, self.beta = inverse, float(lam), float(beta)
         self.eps_inv, self.alpha_inv, self.inverse_steps = eps_inv, alpha_inv, inverse_steps

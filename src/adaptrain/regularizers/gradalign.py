@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_WEIGHT, require_in
 from ..context import Batch, RunContext
 from ..threat import clip_box, random_delta
 from .base import REGULARIZERS, Regularizer
@@ -72,7 +72,7 @@ class GradAlign(Regularizer):
         the gradient at x is a constant and only the one at x + eta is differentiated (cheaper:
         one fewer double backward)."""
         super().__init__(ctx)
-        require(lam >= 0, "regularizer.lam", f"must be >= 0, got {lam}")
+        require_in(lam, "regularizer.lam", 0, MAX_WEIGHT, why="a loss weight")
         self.lam = lam
         self.detach_clean = detach_clean
         self.generator = ctx.generator(_GENERATOR_OFFSET) if ctx is not None else None

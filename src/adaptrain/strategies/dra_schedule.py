@@ -16,12 +16,12 @@ the DRA attack's budget convention (``attack.budget``; default per coordinate, s
 from __future__ import annotations
 
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_EPOCHS, require, require_in
 from ..context import Batch, RunContext
 from .base import STRATEGIES, Strategy
 
 
-@STRATEGIES.register("dra_schedule")
+@STRATEGIES.register("dra_schedule", budgets=("eps_start", "eps_end"))
 class DRASchedule(Strategy):
     """DRA fine-tuning: eps linear eps_start -> eps_end over decay_epochs, then a clean-only tail."""
 
@@ -30,8 +30,8 @@ class DRASchedule(Strategy):
         super().__init__(ctx)
         require(eps_start >= 0, "strategy.eps_start", f"must be >= 0, got {eps_start}")
         require(eps_end >= 0, "strategy.eps_end", f"must be >= 0, got {eps_end}")
-        require(decay_epochs >= 1, "strategy.decay_epochs", f"must be >= 1, got {decay_epochs}")
-        require(clean_epochs >= 0, "strategy.clean_epochs", f"must be >= 0, got {clean_epochs}")
+        require_in(decay_epochs, "strategy.decay_epochs", 1, MAX_EPOCHS)
+        require_in(clean_epochs, "strategy.clean_epochs", 0, MAX_EPOCHS)
         require(decay_epochs + clean_epochs <= ctx.epochs, "strategy.decay_epochs",
                 f"decay_epochs {decay_epochs} + clean_epochs {clean_epochs} exceed the run's "
                 f"{ctx.epochs} epochs; lower them (e.g. strategy.decay_epochs="

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from .. import checkpoint
 from ..attacks.engine import frozen_model
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_MULTIPLE, MAX_STEPS, require, require_in
 from ..context import Batch, RunContext
 from ..errors import CheckpointError, ConfigError
+from ..registry import PathOf
 from .base import STRATEGIES, Strategy
 from .budget_schedules import budget_list, scheduled_budget
 
@@ -55,6 +56,10 @@ GENERATOR_OFFSET = 105  # ctx.generator offset of ECAS's draws (loader 1, attack
 DATASET_THRESHOLDS = {"cifar10": (2.274, 1.3), "cifar100": (4.582, 3.35)}
 # the CIFAR-10 values as fractions of ln C, for every other data set
 H_HIGH_FRACTION, H_LOW_FRACTION = 0.988, 0.565
+# thresholds above this are never reached: the entropy of C classes is at most ln C (21 for 1e9)
+MAX_ENTROPY = 25.0
+# the budget list is materialised and strategy.csv has one column per budget
+MAX_BUDGETS = 256
 
 Schedule = Literal["fixed", "linear", "cyclic", "cyclic-batch"]  # = budget_schedules.SCHEDULES
 
@@ -91,7 +96,7 @@ class ECAS(Strategy):
         thresholds: Literal["default", "calibrate"] = "default",
         h_high: float | None = None,
         h_low: float | None = None,
-        calibrate_from: str | None = None,
+        calibrate_from: Annotated[str, PathOf("a trained run directory or checkpoint")] | None = None,
         draw: Literal["sample", "batch"] = "sample",
         n_large: int = 3,
         step_rule: Literal["ratio", "epoch"] = "ratio",
@@ -102,16 +107,23 @@ class ECAS(Strategy):
         (default 1/255); ``eps_fixed`` is used by ``schedule: fixed`` only. ``h_high`` /
         ``h_low`` (nats) default to the data set's values (see module docstring)."""
         super().__init__(ctx)
-        require(eps_min >= 0, "strategy.eps_min", f"must be >= 0, got {eps_min}")
+        require_in(eps_unit, "strategy.eps_unit", 0, 1, low_open=True)
+        for name, value in (("eps_min", eps_min), ("eps_max", eps_max), ("eps_fixed", eps_fixed)):
+            require_in(value, f"strategy.{name}", 0)
+            require(value * eps_unit <= 1.0, f"strategy.{name}",
+                    f"{value} x eps_unit {eps_unit:.5g} exceeds the [0, 1] image range")
         require(eps_max >= eps_min, "strategy.eps_max",
                 f"must be >= eps_min ({eps_min}), got {eps_max}")
-        require(eps_unit > 0, "strategy.eps_unit", f"must be > 0, got {eps_unit}")
-        require(eps_max * eps_unit <= 1.0, "strategy.eps_max",
-                f"{eps_max} x eps_unit {eps_unit:.5g} exceeds the [0, 1] image range")
+        require(eps_max - eps_min < MAX_BUDGETS, "strategy.eps_max", f"eps_min..eps_max spans "
+                f"{eps_max - eps_min + 1} budgets; at most {MAX_BUDGETS} (one telemetry column each)")
         require(schedule != "fixed" or eps_min <= eps_fixed <= eps_max, "strategy.eps_fixed",
                 f"must lie in [eps_min, eps_max] = [{eps_min}, {eps_max}], got {eps_fixed}")
-        require(steps >= 1, "strategy.steps", f"must be >= 1, got {steps}")
-        require(step_ratio > 0, "strategy.step_ratio", f"must be > 0, got {step_ratio}")
+        require_in(steps, "strategy.steps", 1, MAX_STEPS)
+        require_in(step_ratio, "strategy.step_ratio", 0, MAX_MULTIPLE, low_open=True,
+                   why="a multiple of each sample's eps")
+        for name, value in (("h_high", h_high), ("h_low", h_low)):
+            if value is not None:
+                require_in(value, f"strategy.{name}", 0, MAX_ENTROPY, why="entropies in nats")
         self.budgets = budget_list(eps_min, eps_max)
         require(1 <= n_large <= len(self.budgets), "strategy.n_large",
                 f"must be in [1, {len(self.budgets)}] (the number of budgets), got {n_large}")
@@ -136,7 +148,11 @@ class ECAS(Strategy):
             hi, lo = default_thresholds(ctx.dataset, ctx.num_classes)
             self.h_high = float(hi if h_high is None else h_high)
             self.h_low = float(lo if h_low is None else h_low)
-            require(self.h_low <= self.h_high, "strategy.h_low",
+            # a default threshold of an unknown data set depends on its number of classes:
+            # config validation (no data yet, num_classes 0) leaves that comparison to training
+            known = ((h_high is not None and h_low is not None) or ctx.num_classes > 0
+                     or ctx.dataset in DATASET_THRESHOLDS)
+            require(not known or self.h_low <= self.h_high, "strategy.h_low",
                     f"must not exceed h_high ({self.h_high:.4g}), got {self.h_low:.4g}")
         self.calibrated = thresholds != "calibrate" or not entropy
         device = ctx.device

@@ -23,12 +23,12 @@ from __future__ import annotations
 import torch
 
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_EPOCHS, MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
 from .base import STRATEGIES, Strategy
 
 
-@STRATEGIES.register("fat")
+@STRATEGIES.register("fat", budgets=("eps", "step_size"))
 class FAT(Strategy):
     """FAT: PGD-K that stops each sample tau steps after its first misclassification; tau by epoch."""
 
@@ -38,9 +38,11 @@ class FAT(Strategy):
         super().__init__(ctx)
         require(eps >= 0, "strategy.eps", f"must be >= 0, got {eps}")
         require(step_size >= 0, "strategy.step_size", f"must be >= 0, got {step_size}")
-        require(steps >= 1, "strategy.steps", f"must be >= 1, got {steps}")
-        require(len(tau) >= 1 and all(t >= 0 for t in tau), "strategy.tau",
-                f"must be a non-empty list of integers >= 0, got {tau}")
+        require_in(steps, "strategy.steps", 1, MAX_STEPS)
+        require(len(tau) >= 1 and all(0 <= t <= MAX_STEPS for t in tau), "strategy.tau",
+                f"must be a non-empty list of integers in [0, {MAX_STEPS}], got {tau}")
+        for e in tau_epochs:
+            require_in(e, "strategy.tau_epochs", 0, MAX_EPOCHS)
         require(len(tau_epochs) == len(tau) - 1, "strategy.tau_epochs",
                 f"needs one epoch per tau change: {len(tau) - 1} for tau {tau}, got {tau_epochs}")
         require(all(e >= 0 for e in tau_epochs)

@@ -39,12 +39,16 @@ from torch.func import functional_call
 from ..attacks.engine import frozen_model
 from ..attacks.pgd import pgd
 from ..attacks.plan import AttackPlan
-from ..component import require
+from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, require, require_in
 from ..context import Batch, Feedback, RunContext
+from ..errors import ConfigError
+from ..models import MODELS
 from .base import STRATEGIES, Strategy
-from .las_policy import build_policy, log_prob_and_entropy, reinforce_loss, sample
+from .las_policy import DEFAULT_BACKBONE, build_policy, log_prob_and_entropy, reinforce_loss, sample
 
 TERMS = ("l1", "l2", "l3")
+MAX_K = 100_000  # batches between policy updates
+MAX_CLIP = 1e6  # policy gradient-norm clip (0: off)
 # generator offsets (see RunContext.generator): loader 1, attack 2; LAS-AT 180-182
 _SAMPLE_OFFSET, _REWARD_ATTACK_OFFSET, _INIT_OFFSET = 180, 181, 182
 
@@ -73,7 +77,27 @@ def awp_offsets(awp: Any) -> dict[int, torch.Tensor]:
     return {id(p): v for (p, _), v in zip(awp.pairs, awp.diff, strict=True)}
 
 
-@STRATEGIES.register("las")
+def check_backbone(backbone: dict[str, Any] | None) -> None:
+    """The policy's backbone is a ``model:`` section: its name, fields and ranges, reported as
+    ``strategy.backbone.<field>`` (the same spec :func:`build_policy` completes)."""
+    spec = dict(backbone or DEFAULT_BACKBONE)
+    if "name" not in spec:
+        spec = {**DEFAULT_BACKBONE, **spec}
+    try:
+        entry = MODELS.get(spec.pop("name"))
+        entry.probe(entry.check(spec, "model"))
+    except ConfigError as exc:
+        raise ConfigError("strategy.backbone" + exc.field.removeprefix("model"), exc.message) from None
+
+
+def check_las(fields: dict[str, Any]) -> None:
+    """Config validation's check: :meth:`LAS._check` without building the policy network
+    (its backbone may be a ResNet-18)."""
+    LAS._check(fields)
+
+
+@STRATEGIES.register("las", validator=check_las, budget_unit="unit",
+                     budgets=("eps_options", "step_options", "reward_eps", "reward_step"))
 class LAS(Strategy):
     """LAS-AT (Jia et al. 2022): per-sample eps / step / iterations (/ TRADES beta) from a policy
     network trained by REINFORCE on the look-ahead reward L1 + 2 L2 + 4 L3."""
@@ -174,29 +198,33 @@ class LAS(Strategy):
 
     @staticmethod
     def _check(f: dict[str, Any]) -> None:
-        """Range checks on the constructor's fields ``f``; one-line errors naming the field."""
-        for name, low in (("eps_options", 0), ("step_options", 0), ("iters_options", 1),
-                          ("beta_options", 0)):
+        """Range checks on the constructor's fields ``f``; one-line errors naming the field.
+        Budgets are bounded by config validation under the attack's norm (``budgets``)."""
+        for name, low, high in (("eps_options", 0, None), ("step_options", 0, None),
+                                ("iters_options", 1, MAX_STEPS), ("beta_options", 0, MAX_WEIGHT)):
             opts, field = f[name], f"strategy.{name}"
             require(name == "beta_options" or len(opts) >= 1, field, "needs at least one option")
             require(all(v >= low for v in opts), field, f"every option must be >= {low}, got {list(opts)}")
+            require(high is None or all(v <= high for v in opts), field,
+                    f"every option must be <= {high}, got {list(opts)}")
             require(len(set(opts)) == len(opts), field, f"options must be distinct, got {list(opts)}")
-        for name, ok, rule in (
-            ("unit", f["unit"] > 0, "> 0"), ("k", f["k"] >= 1, ">= 1"),
-            ("policy_lr", f["policy_lr"] > 0, "> 0"), ("policy_momentum", f["policy_momentum"] >= 0, ">= 0"),
-            ("policy_weight_decay", f["policy_weight_decay"] >= 0, ">= 0"),
-            ("reward_subset", f["reward_subset"] >= 0, ">= 0 (0: the whole batch)"),
-            ("reward_eps", f["reward_eps"] >= 0, ">= 0"), ("reward_step", f["reward_step"] >= 0, ">= 0"),
-            ("reward_steps", f["reward_steps"] >= 1, ">= 1"),
-            ("reward_restarts", f["reward_restarts"] >= 1, ">= 1"),
-            ("baseline_momentum", 0 <= f["baseline_momentum"] < 1, "in [0, 1)"),
-            ("entropy_coef", f["entropy_coef"] >= 0, ">= 0"),
-            ("clip_grad", f["clip_grad"] >= 0, ">= 0 (0: off)"),
+        for name, low, high, open_low, open_high in (
+            ("unit", 0, 1, True, False), ("k", 1, MAX_K, False, False),
+            ("policy_lr", 0, MAX_LR, True, False), ("policy_momentum", 0, 1, False, True),
+            ("policy_weight_decay", 0, 1, False, False), ("reward_subset", 0, MAX_BATCH, False, False),
+            ("reward_eps", 0, None, False, False), ("reward_step", 0, None, False, False),
+            ("reward_steps", 1, MAX_STEPS, False, False),
+            ("reward_restarts", 1, MAX_RESTARTS, False, False),
+            ("reward_alpha", 0, MAX_WEIGHT, False, False), ("reward_beta", 0, MAX_WEIGHT, False, False),
+            ("baseline_momentum", 0, 1, False, True), ("entropy_coef", 0, MAX_WEIGHT, False, False),
+            ("clip_grad", 0, MAX_CLIP, False, False),
         ):
-            require(ok, f"strategy.{name}", f"must be {rule}, got {f[name]}")
+            if f[name] is not None:
+                require_in(f[name], f"strategy.{name}", low, high, low_open=open_low, high_open=open_high)
         terms = f["reward_terms"]
         require(len(terms) >= 1 and set(terms) <= set(TERMS) and len(set(terms)) == len(terms),
                 "strategy.reward_terms", f"must be distinct entries of {', '.join(TERMS)}, got {list(terms)}")
+        check_backbone(f["backbone"])
 
     # ----------------------------------------------------------------------------- acting
 

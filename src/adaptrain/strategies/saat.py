@@ -27,20 +27,21 @@ import torch
 
 from ..attacks.plan import AttackPlan
 from ..attacks.sa_pgd import SAPGDSettings
-from ..component import require
+from ..component import MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
+from ..registry import InfFloat
 from .base import STRATEGIES, Strategy
 
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-@STRATEGIES.register("saat")
+@STRATEGIES.register("saat", requires={"attack": "sa_pgd"})
 class SAAT(Strategy):
     """Strength-adaptive AT: per-sample budgets searched by SA-PGD until loss >= rho."""
 
     state_keys = ("eps_last", "loss_last", "steps_last", "reached_last", "seen")
 
-    def __init__(self, ctx: RunContext, rho: float = 1.5, eps_max: float = 8 / 255,
+    def __init__(self, ctx: RunContext, rho: InfFloat = 1.5, eps_max: float = 8 / 255,
                  eps_0: float = 0.0, tau: float = 2 / 255, step_size: float = 2 / 255,
                  steps: int = 3, warm_start: bool = False, warm_eps: float = 8 / 255,
                  warm_step_size: float = 2 / 255, warm_steps: int = 10) -> None:
@@ -53,16 +54,22 @@ class SAAT(Strategy):
         require(not math.isnan(rho), "strategy.rho", "must be a number (.inf allowed)")
         require(0 < eps_max <= 1, "strategy.eps_max", f"must be in (0, 1], got {eps_max}")
         require(0 <= eps_0 <= eps_max, "strategy.eps_0", f"must be in [0, eps_max], got {eps_0}")
-        require(tau > 0, "strategy.tau", f"must be > 0, got {tau}")
-        require(step_size > 0, "strategy.step_size", f"must be > 0, got {step_size}")
-        require(steps >= 1, "strategy.steps", f"must be >= 1, got {steps}")
+        # budgets and steps in [0, 1] image units; the warm-start fields even when it is off, so
+        # that a typo is caught before someone switches it on
+        for name, value in (("tau", tau), ("step_size", step_size), ("warm_eps", warm_eps),
+                            ("warm_step_size", warm_step_size)):
+            require_in(value, f"strategy.{name}", 0, 1, low_open=True)
+        require_in(steps, "strategy.steps", 1, MAX_STEPS)
+        require_in(warm_steps, "strategy.warm_steps", 1, MAX_STEPS)
         if warm_start:
             require(eps_0 == 0, "strategy.eps_0",
                     "must stay 0 with warm_start (the search starts at warm_eps)")
             require(0 < warm_eps <= eps_max, "strategy.warm_eps",
                     f"must be in (0, eps_max] with warm_start, got {warm_eps}")
-            require(warm_step_size > 0, "strategy.warm_step_size", f"must be > 0, got {warm_step_size}")
-            require(warm_steps >= 1, "strategy.warm_steps", f"must be >= 1, got {warm_steps}")
+        rounds = math.ceil((eps_max - (warm_eps if warm_start else eps_0)) / tau)
+        require(rounds * steps <= MAX_STEPS, "strategy.tau",
+                f"the search takes up to {rounds} rounds of {steps} steps per sample; at most "
+                f"{MAX_STEPS} steps: raise tau or lower steps")
         self.rho, self.eps_max, self.step_size, self.steps = float(rho), eps_max, step_size, steps
         self.settings = SAPGDSettings(eps_0=eps_0, tau=tau, warm_start=warm_start, warm_eps=warm_eps,
                                       warm_step_size=warm_step_size, warm_steps=warm_steps)
