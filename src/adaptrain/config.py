@@ -11,26 +11,44 @@ fields of the previous component do not leak into the new one.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 
+from .component import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_LR,
+    MAX_RESTARTS,
+    MAX_SEED,
+    MAX_STEPS,
+    require,
+    require_in,
+)
 from .errors import ConfigError
-from .registry import coerce
-from .schedules import SCHEDULES
+from .registry import PathOf, coerce
+from .schedules import SCHEDULES, first_decay_epoch, make_schedule
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .registry import Entry
 
 COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective", "regularizer")
 INIT_REQUIRED = "required"  # init_from placeholder of fine-tuning presets: training refuses it
+DataDir = Annotated[str, PathOf("a data directory")]
+RunOrCheckpoint = Annotated[str, PathOf("a run directory or checkpoint")]
 
 
 @dataclass
 class DataConfig:
     name: str = "cifar10"
-    root: str | None = None  # data directory (default: $ADAPTRAIN_DATA or ~/.cache/adaptrain/data)
+    root: DataDir | None = None  # data directory (default: $ADAPTRAIN_DATA or ~/.cache/adaptrain/data)
     subset: int | None = None  # use only this many training images
     val_size: int = 1000  # held out from the training split for model selection (0: use test)
     batch_size: int = 128
@@ -80,7 +98,7 @@ class Config:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     compile: bool = False  # torch.compile the training step's forward passes (GPUs; slow to compile on CPU)
-    init_from: str | None = None  # run dir or checkpoint to load weights from (fresh optimiser);
+    init_from: RunOrCheckpoint | None = None  # run dir or checkpoint to load weights from (fresh optimiser);
     # a preset that only makes sense from a trained model writes INIT_REQUIRED ("required")
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "preact_resnet18"})
@@ -111,9 +129,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
+# libyaml's safe loader when present: the same YAML, ten times faster (every preset load
+# parses its base chain; the config fuzz test builds thousands of configs)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"invalid YAML: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
@@ -187,7 +210,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def _typed(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(where, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -226,62 +249,162 @@ def load_config_file(path: Path) -> Config:
     return config_from_dict(_read_yaml(path))
 
 
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(field_name, message)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def validate(cfg: Config) -> None:
-    """Range checks and registry lookups; raises ConfigError naming the first bad field."""
-    from .attacks import ATTACKS
+    """Every check that needs no data: types were converted by ``_typed``; here the ranges of
+    the run's own fields, then each component section (unknown keys, types, and the component's
+    own range checks run against a stub context), so a bad field is reported before any data
+    set is loaded or directory created. Raises ConfigError naming the first bad field."""
+    _validate_run(cfg)
+    _validate_data(cfg)
+    _validate_optim(cfg)
+    _validate_awp_and_eval(cfg)
+    _validate_components(cfg)
+
+
+def _validate_run(cfg: Config) -> None:
+    require_in(cfg.epochs, "epochs", 1, MAX_EPOCHS)
+    require_in(cfg.seed, "seed", 0, MAX_SEED, why="seeds of 64-bit generators derive from it")
+    require(cfg.amp in ("auto", "bf16", "off"), "amp", f"{cfg.amp!r}; allowed: auto, bf16, off")
+    require(cfg.channels_last in ("auto", "on", "off"), "channels_last",
+            f"{cfg.channels_last!r}; allowed: auto, on, off")
+    require(DEVICE.fullmatch(cfg.device) is not None, "device",
+            f"{cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+def _validate_data(cfg: Config) -> None:
     from .data import DATASETS
+
+    d = cfg.data
+    DATASETS.get(d.name)
+    why = "the data set's own size is checked when it is loaded"
+    if d.subset is not None:
+        require_in(d.subset, "data.subset", 1, MAX_IMAGES, why=why)
+    require_in(d.val_size, "data.val_size", 0, MAX_IMAGES, why=why)
+    require_in(d.batch_size, "data.batch_size", 1, MAX_BATCH)
+    require_in(d.eval_batch_size, "data.eval_batch_size", 1, MAX_BATCH)
+    require_in(d.split_seed, "data.split_seed", 0, MAX_SEED)
+    require(d.augment in ("auto", "none", "flip", "crop_flip"), "data.augment",
+            f"{d.augment!r}; allowed: auto, none, flip, crop_flip")
+
+
+def _validate_optim(cfg: Config) -> None:
+    o = cfg.optim
+    require_in(o.lr, "optim.lr", 0, MAX_LR, low_open=True, why="larger rates diverge")
+    require_in(o.momentum, "optim.momentum", 0, 1, high_open=True)
+    require(not o.nesterov or o.momentum > 0, "optim.nesterov",
+            "Nesterov momentum needs optim.momentum > 0")
+    require_in(o.weight_decay, "optim.weight_decay", 0, 1, why="typical values are 1e-4 to 5e-4")
+    require(o.schedule in SCHEDULES, "optim.schedule",
+            f"unknown {o.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    require(o.schedule != "multistep" or bool(o.milestones), "optim.milestones",
+            "multistep needs milestones (epochs), e.g. optim.milestones=[100,150]")
+    for m in o.milestones:
+        require_in(m, "optim.milestones", 0, MAX_EPOCHS)
+    require_in(o.gamma, "optim.gamma", 0, 1, low_open=True, why="a decay factor")
+    require_in(o.peak_at, "optim.peak_at", 0, 1, low_open=True, high_open=True)
+
+
+def _validate_awp_and_eval(cfg: Config) -> None:
     from .evaluate.specs import parse_spec
+
+    a = cfg.awp
+    require_in(a.gamma, "awp.gamma", 0, 1, why="relative to each weight's norm; 5e-3 is typical")
+    require_in(a.warmup, "awp.warmup", 0, MAX_EPOCHS)
+    require_in(a.proxy_lr, "awp.proxy_lr", 0, MAX_LR, low_open=True)
+    e = cfg.eval
+    require_in(e.n, "eval.n", 1, MAX_IMAGES)
+    require_in(e.eps, "eval.eps", 0, 1, why="L-inf budgets are in [0, 1] image units")
+    require_in(e.step_size, "eval.step_size", 0, 1, low_open=True,
+               why="L-inf steps are in [0, 1] image units")
+    require_in(e.every, "eval.every", 1, MAX_EPOCHS)
+    require(e.select in ("robust", "clean"), "eval.select", f"{e.select!r}; allowed: robust, clean")
+    require(e.fgsm in ("auto", "on", "off"), "eval.fgsm", f"{e.fgsm!r}; allowed: auto, on, off")
+    spec = parse_spec(e.attack, "eval.attack")
+    require_in(spec.steps, "eval.attack", 0, MAX_STEPS, why="attack steps")
+    require_in(spec.restarts, "eval.attack", 1, MAX_RESTARTS, why="restarts")
+
+
+def _validate_components(cfg: Config) -> None:
+    """Each section: a registered name, known fields of the right types (the resolved config
+    records every field, defaults included), compatible sections, the component's own checks
+    against a stub context, then the strategy's budgets under the attack's norm."""
+    from .attacks import ATTACKS
     from .models import MODELS
     from .objectives import OBJECTIVES
     from .regularizers import REGULARIZERS
     from .strategies import STRATEGIES
 
-    _check(cfg.epochs >= 1, "epochs", f"must be >= 1, got {cfg.epochs}")
-    _check(cfg.amp in ("auto", "bf16", "off"), "amp", f"{cfg.amp!r}; allowed: auto, bf16, off")
-    _check(cfg.channels_last in ("auto", "on", "off"), "channels_last",
-           f"{cfg.channels_last!r}; allowed: auto, on, off")
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
-           "device", f"{cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
-    d = cfg.data
-    DATASETS.get(d.name)
-    _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
-    _check(d.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {d.eval_batch_size}")
-    _check(d.subset is None or d.subset >= 1, "data.subset", f"must be >= 1, got {d.subset}")
-    _check(d.val_size >= 0, "data.val_size", f"must be >= 0, got {d.val_size}")
-    _check(d.augment in ("auto", "none", "flip", "crop_flip"), "data.augment",
-           f"{d.augment!r}; allowed: auto, none, flip, crop_flip")
-    o = cfg.optim
-    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    _check(o.momentum >= 0, "optim.momentum", f"must be >= 0, got {o.momentum}")
-    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
-    _check(o.schedule in SCHEDULES, "optim.schedule",
-           f"unknown {o.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-    _check(o.schedule != "multistep" or bool(o.milestones), "optim.milestones",
-           "multistep needs milestones (epochs), e.g. optim.milestones=[100,150]")
-    _check(0 < o.peak_at < 1, "optim.peak_at", f"must be in (0, 1), got {o.peak_at}")
-    a = cfg.awp
-    _check(a.gamma >= 0, "awp.gamma", f"must be >= 0, got {a.gamma}")
-    _check(a.warmup >= 0, "awp.warmup", f"must be >= 0, got {a.warmup}")
-    _check(a.proxy_lr > 0, "awp.proxy_lr", f"must be > 0, got {a.proxy_lr}")
-    e = cfg.eval
-    _check(e.n >= 1, "eval.n", f"must be >= 1, got {e.n}")
-    _check(e.eps >= 0, "eval.eps", f"must be >= 0, got {e.eps}")
-    _check(e.every >= 1, "eval.every", f"must be >= 1, got {e.every}")
-    _check(e.select in ("robust", "clean"), "eval.select", f"{e.select!r}; allowed: robust, clean")
-    _check(e.fgsm in ("auto", "on", "off"), "eval.fgsm", f"{e.fgsm!r}; allowed: auto, on, off")
-    parse_spec(e.attack, "eval.attack")
-    for section, registry in (("model", MODELS), ("strategy", STRATEGIES), ("attack", ATTACKS),
-                              ("objective", OBJECTIVES), ("regularizer", REGULARIZERS)):
+    registries = {"model": MODELS, "strategy": STRATEGIES, "attack": ATTACKS,
+                  "objective": OBJECTIVES, "regularizer": REGULARIZERS}
+    entries = {}
+    for section, registry in registries.items():
         body = dict(getattr(cfg, section))
         name = body.pop("name", None)
         if name is None:
             raise ConfigError(f"{section}.name", f"missing; allowed: {', '.join(registry.names())}")
         entry = registry.get(name)
         checked = entry.check(body, section)
-        # the resolved config records every field, defaults included
         setattr(cfg, section, {"name": name, **entry.defaults(), **checked})
+        entries[section] = entry
+    for section, entry in entries.items():
+        for other, needed in entry.requires.items():
+            got = getattr(cfg, other)["name"]
+            require(got == needed, f"{other}.name",
+                    f"{section} {entry.name!r} needs {other}.name={needed}, got {got!r}")
+    ctx = stub_context(cfg)
+    for section, entry in entries.items():
+        fields = {k: v for k, v in getattr(cfg, section).items() if k != "name"}
+        # models (validators only, never built here) and attacks take no run context
+        entry.probe(fields, **({} if section in ("model", "attack") else {"ctx": ctx}))
+    _check_budgets(cfg, entries["strategy"])
+
+
+def attack_norm(attack: dict[str, Any]) -> str:
+    """The norm the training attack's budgets are measured in: DRA's per-coordinate budget is
+    a mean absolute change, i.e. in L-inf units; its ``total`` budget is an L1 norm."""
+    if attack["name"] == "dra":
+        return "linf" if attack.get("budget") == "per_coordinate" else "l1"
+    return str(attack.get("norm", "linf"))
+
+
+def _check_budgets(cfg: Config, strategy: Entry) -> None:
+    """The strategy's budget fields (eps, step sizes, option lists) times their unit are in
+    [0, 1] image units: at most 1 under L-inf. Under L2 / L1 the bound is sqrt(d) / d for
+    d = C*H*W, known only with the data, so there they are only finite and >= 0 (the
+    constructors check >= 0)."""
+    if attack_norm(cfg.attack) != "linf":
+        return
+    unit = 1.0 if strategy.budget_unit is None else cfg.strategy[strategy.budget_unit]
+    if unit <= 0:
+        return  # the strategy's own check names its unit field
+    if strategy.budget_unit is None:
+        where, hint = "", "; write 8/255 for 8 of 255"
+    else:
+        where, hint = f" {strategy.budget_unit}s of {unit:.6g}", ""
+    for name in strategy.budgets:
+        value = cfg.strategy[name]
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            require(v <= 1 / unit, f"strategy.{name}", f"must be <= {1 / unit:.6g}{where} (L-inf "
+                    f"budgets are at most 1 in [0, 1] image units{hint}), got {v:.6g}")
+
+
+def stub_context(cfg: Config) -> RunContext:
+    """What a component may size itself by before any data is loaded: the run's epochs, seed,
+    data set name and learning-rate schedule are real; the sizes are placeholders (1 training
+    image, 0 classes meaning unknown, a 3x32x32 input), so checks that need the data (e.g.
+    ECAS's thresholds from the number of classes) wait for the real context."""
+    import torch
+
+    from .context import RunContext
+
+    o = cfg.optim
+    return RunContext(
+        num_train=1, num_classes=0, input_shape=(3, 32, 32), epochs=cfg.epochs,
+        batches_per_epoch=1, device=torch.device("cpu"), seed=cfg.seed, dataset=cfg.data.name,
+        lr_at=make_schedule(o.schedule, o.lr, cfg.epochs, milestones=o.milestones, gamma=o.gamma,
+                            peak_at=o.peak_at),
+        first_decay_epoch=first_decay_epoch(o.schedule, cfg.epochs, milestones=o.milestones,
+                                            peak_at=o.peak_at))
