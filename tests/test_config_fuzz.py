@@ -324,6 +324,12 @@ def test_pickle_refusal_says_what_is_wrong_and_what_to_do(tmp_path):
 # the fuzz
 
 
+def test_every_model_is_checked_without_being_built():
+    """Validation runs a model's registered validator (building a WRN-34-10 takes a second)."""
+    models = registries()["model"]
+    assert all(models.get(name).validator is not None for name in models.names())
+
+
 def test_every_component_has_a_home_config():
     for (section, name), (preset, base) in homes().items():
         assert getattr(build_config(preset, list(base)), section)["name"] == name

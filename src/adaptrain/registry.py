@@ -99,7 +99,7 @@ def _to_float(value: Any, where: str, inf_ok: bool = False) -> float:
 def _to_path(value: Any, where: str, what: str) -> str:
     """A path string; booleans, numbers and number-like strings are refused (they are YAML's
     reading of ``true`` / ``on`` / ``3``, or a typo, not a path: write ``./3`` for a folder 3)."""
-    hint = f"expected a path to {what}, got {value!r}"
+    hint = f"give the path of {what}, got {value!r}"
     if isinstance(value, (bool, int, float, dict, list)):
         raise ConfigError(where, hint)
     text = str(value)
@@ -127,10 +127,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # ``X | None``: X's own message says what to write
+            return coerce(value, options[0], where)
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in options:
             try:
                 return coerce(value, arg, where)
             except ConfigError as exc:
