@@ -56,6 +56,9 @@ def test_unwritable_output_directory(capsys, tmp_path):
 
 
 def test_existing_run_is_not_overwritten(capsys, tmp_path):
+    from adaptrain.config import build_config
+
+    (tmp_path / "config.yaml").write_text(build_config("quickstart").dump())
     (tmp_path / "checkpoints").mkdir()
     code, err = errors(capsys, "train", "quickstart", "--out", str(tmp_path))
     assert code == 2 and "--resume" in err

@@ -5,24 +5,27 @@ A checkpoint is a directory with ``model.safetensors`` (weights and buffers) and
 ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers: a
 pickle payload that would construct arbitrary objects is refused. Writes are atomic: the
 directory is written under a temporary name and swapped in with renames, so a crash leaves
-either the old or the new checkpoint, never a mixture.
+either the old or the new checkpoint, never a mixture; ``state.pt`` is written last, so a
+directory holding it is complete (:func:`is_complete`). :mod:`.recovery` picks up a
+checkpoint stranded by a crash between the renames.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import re
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from . import fileio
 from .errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
@@ -37,24 +40,35 @@ def save(directory: Path, model: nn.Module, state: dict[str, Any] | None = None)
     tmp.mkdir()
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "adaptrain"})
+        fileio.write_file(tmp / MODEL_FILE, safetensors_bytes(tensors, metadata={"format": "adaptrain"}))
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
-        _fsync_dir(tmp)
-        old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+            write_state(tmp, state)
+        swap_in(tmp, directory)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fileio.remove_tree(tmp)
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    for f in directory.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    """``state.pt`` of a checkpoint directory (tensors and plain containers only)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    fileio.write_file(Path(directory) / STATE_FILE, buf.getvalue())
+
+
+def swap_in(new: Path, directory: Path) -> None:
+    """Make the complete checkpoint ``new`` the one at ``directory``: the old one is renamed
+    aside, ``new`` renamed into place, then the old one deleted."""
+    old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+    if directory.exists():
+        fileio.replace(directory, old)
+    fileio.replace(new, directory)
+    fileio.remove_tree(old)
+
+
+def is_complete(directory: Path) -> bool:
+    """Weights and training state both present (``state.pt`` is always written last)."""
+    return (Path(directory) / MODEL_FILE).is_file() and (Path(directory) / STATE_FILE).is_file()
 
 
 def resolve(path: str | Path, which: str = "best") -> Path:

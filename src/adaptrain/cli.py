@@ -10,54 +10,58 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import AdaptrainError, ConfigError, TrainingError
 
-
-def _writable_dir(out: Path) -> None:
-    """Fail early (ConfigError naming --out) if ``out`` cannot be created and written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ConfigError("--out", f"cannot write to {out}: {exc.strerror or exc}") from None
+RESUMABLE = ("epochs",)  # fields a resume may change: the rest would break exact continuation
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import build_config, load_config_file, parse_overrides
+    from .claim import check_new, check_resumable
     from .train import train
 
     if args.resume:
         out = Path(args.resume)
-        cfg_path = out / "config.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError("--resume", f"{out} is not a run directory (no config.yaml)")
-        over = parse_overrides(args.overrides)
-        if set(over) - {"epochs"}:
-            raise ConfigError("--resume", "only epochs=N may be changed when resuming")
-        cfg = load_config_file(cfg_path)
-        if "epochs" in over:
-            cfg.epochs = int(over["epochs"])
-        preset = args.preset or ""
-        resume = (out / "checkpoints" / "last").is_dir()
+        overrides = list(args.overrides)
+        if args.preset:  # argparse reads the first key=value after --resume RUN as the preset
+            if "=" not in args.preset:
+                raise ConfigError("--resume", f"give no preset with --resume (the run's config.yaml "
+                                  f"is its config), got {args.preset!r}")
+            overrides.insert(0, args.preset)
+        check_resumable(out)
+        cfg = resume_config(out, overrides)
+        preset, resume = "", True
     else:
         if not args.preset:
             raise ConfigError("preset", "give a preset name or YAML file (see `adaptrain presets`)")
         if not args.out:
             raise ConfigError("--out", "required: the run directory to write")
+        from .config import build_config
+
         cfg = build_config(args.preset, args.overrides)
         out = Path(args.out)
-        if (out / "checkpoints").exists():
-            raise ConfigError("--out", f"{out} already holds a run; use --resume {out} or "
-                              "another directory")
+        check_new(out)
         preset, resume = args.preset, False
-    _writable_dir(out)
+    if args.dry_run:
+        print(cfg.dump(), end="")
+        print(f"# dry run: the config above is valid; nothing was written to {out}", file=sys.stderr)
+        return 0
     train(cfg, out, resume=resume, preset=preset, progress=None if not args.quiet else False)
     print(f"run written to {out}")
     return 0
+
+
+def resume_config(out: Path, overrides: list[str]):
+    """The run's config with the resume overrides (only RESUMABLE fields), validated."""
+    from .config import _merge, _read_yaml, config_from_dict, parse_overrides
+
+    over = parse_overrides(overrides)
+    changed = sorted(set(over) - set(RESUMABLE))
+    if changed:
+        raise ConfigError(changed[0], f"cannot be changed when resuming (only {', '.join(RESUMABLE)} "
+                          "can); start a new run to change it")
+    return config_from_dict(_merge(_read_yaml(out / "config.yaml"), over))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check the config and --out, print the resolved config, write nothing")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
@@ -159,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except AdaptrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a full disk or a read-only folder met after the checks
+        where = exc.filename or "file system"
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with `adaptrain train --resume RUN_DIR`", file=sys.stderr)

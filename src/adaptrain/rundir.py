@@ -8,6 +8,7 @@ file is written to a temporary name and renamed, so a reader never sees half a f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, fileio
 from .errors import ConfigError
 
 
@@ -41,6 +42,15 @@ def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | Non
     return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
 
 
+def previous_preset(out: Path) -> str:
+    """The preset recorded in ``out/summary.json`` by an earlier session of the run ("" if none)."""
+    try:
+        preset = json.loads((out / "summary.json").read_text()).get("preset", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return preset if isinstance(preset, str) else ""
+
+
 def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:
     s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
          f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
@@ -53,18 +63,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    fileio.write_file(path, buf.getvalue())
 
 
 def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict[str, Any]], *,
                   select: str, preset: str, finished: bool, eval_info: dict[str, Any],
                   wall_time: float, device: torch.device) -> dict[str, Any]:
-    _write_csv(out / "metrics.csv", history)
+    if history:
+        _write_csv(out / "metrics.csv", history)
     if any(len(t) > 1 for t in telemetry):
         _write_csv(out / "strategy.csv", telemetry)
     best = best_row(history, select)
@@ -80,9 +90,7 @@ def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict
         "last": pick(last), "eval": eval_info, "wall_time_s": round(wall_time, 3),
         "device": str(device), "versions": versions(),
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
-    tmp.replace(out / "summary.json")
+    fileio.write_file(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     return summary
 
 

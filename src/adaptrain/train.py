@@ -18,14 +18,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, rundir
+from . import checkpoint, fileio, recovery, rundir
 from .attacks import ATTACKS, Attack, AttackPlan
 from .attacks.single_step import SINGLE_STEP
 from .awp import AWP
+from .claim import claim
 from .config import INIT_REQUIRED, Config
 from .context import Batch, Feedback, RunContext, StepInfo
 from .data import BatchLoader, load_arrays, make_splits
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
 from .models import build_model
 from .objectives import OBJECTIVES, Objective
@@ -70,7 +71,9 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
-def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
+def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run:
+    """Build every component from ``cfg``; with ``state`` (a checkpoint's training state),
+    continue from it."""
     if cfg.init_from == INIT_REQUIRED:
         raise ConfigError("init_from", "this preset fine-tunes a trained model: give "
                           "init_from=RUN_DIR_OR_CHECKPOINT (e.g. a run of the standard preset)")
@@ -88,7 +91,7 @@ def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.init_from and not resume:
+    if cfg.init_from and state is None:
         checkpoint.load_into(model, checkpoint.resolve(cfg.init_from, "best"))
     o = cfg.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
@@ -120,8 +123,8 @@ def setup(cfg: Config, out: Path, *, resume: bool = False) -> Run:
               attack=ATTACKS.build(cfg.attack),
               awp=AWP(model, cfg.awp) if cfg.awp.gamma > 0 else None,
               ctx=ctx, generators=generators)
-    if resume:
-        restore(run)
+    if state is not None:
+        restore(run, state)
     return run
 
 
@@ -138,23 +141,53 @@ def state_of(run: Run, epoch: int) -> dict[str, Any]:
     }
 
 
-def restore(run: Run) -> None:
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Load ``checkpoints/last`` and its training ``state`` into ``run``; a state that is not
+    what :func:`state_of` wrote gives a one-line CheckpointError."""
     ckpt = run.out / "checkpoints" / "last"
-    state = checkpoint.load_state(ckpt)
     checkpoint.load_into(run.model, ckpt)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.strategy.load_state_dict(state["strategy"])
-    run.objective.load_state_dict(state["objective"])
-    run.regularizer.load_state_dict(state.get("regularizer", {}))
-    if run.awp:
-        run.awp.load_state_dict(state["awp"])
-    for k, g in run.generators.items():
-        g.set_state(state["generators"][k])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    run.history, run.telemetry = list(state["history"]), list(state["telemetry"])
-    run.start_epoch, run.wall_time = int(state["epoch"]), float(state["wall_time"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.strategy.load_state_dict(state["strategy"])
+        run.objective.load_state_dict(state["objective"])
+        run.regularizer.load_state_dict(state.get("regularizer", {}))
+        if run.awp:
+            run.awp.load_state_dict(state["awp"])
+        for k, g in run.generators.items():
+            g.set_state(state["generators"][k])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        run.history, run.telemetry = list(state["history"]), list(state["telemetry"])
+        run.start_epoch, run.wall_time = int(state["epoch"]), float(state["wall_time"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:160]
+        raise CheckpointError("checkpoint", f"{ckpt / checkpoint.STATE_FILE} is not a training state "
+                              f"this run can continue from ({type(exc).__name__}: {what})") from None
+
+
+CHECK_EVERY = 50  # batches between two reads of the non-finite-loss flag
+
+
+def nonfinite(model: torch.nn.Module) -> str | None:
+    """Name of the first weight or buffer holding NaN or inf (one host sync), else None."""
+    tensors = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        return None
+    return next(k for k, t in tensors if not bool(torch.isfinite(t).all()))
+
+
+def diverged(run: Run, what: str) -> TrainingError:
+    """The error for a diverged run, naming the checkpoint that is left (always finite: a
+    non-finite model is never written)."""
+    last = run.out / "checkpoints" / "last"
+    if checkpoint.is_complete(last):
+        epoch = int(checkpoint.load_state(last)["epoch"])
+        left = f"the last good checkpoint is {last} (epoch {epoch})"
+    else:
+        left = "no checkpoint was written"
+    return TrainingError("training", f"{what}: training diverged; {left}. Try a lower optim.lr "
+                         "(or a warm-up schedule)")
 
 
 def training_loss(run: Run, model: torch.nn.Module, batch: Batch, x_adv: torch.Tensor,
@@ -173,6 +206,7 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
     awp_on = run.awp is not None and epoch >= cfg.awp.warmup
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device)
+    first_bad = torch.full((), -1, device=run.device)  # first batch with a non-finite loss
     seen = 0
     batches = tqdm(run.loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                    disable=True if bar is False else None)
@@ -193,10 +227,10 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         with run.amp():
             loss_vec, logits = training_loss(run, model, batch, result.x_adv, plan)
         loss = loss_vec.mean()
-        if not torch.isfinite(loss):
-            raise TrainingError("loss", f"non-finite training loss ({loss.item()}) at epoch "
-                                f"{epoch + 1}, batch {i + 1}; the last good checkpoint is "
-                                f"{run.out / 'checkpoints' / 'last'} — try a lower optim.lr")
+        # recorded on the device and read every CHECK_EVERY batches: no host sync per step
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
+        if ((i + 1) % CHECK_EVERY == 0 or i + 1 == nb) and (bad := int(first_bad)) >= 0:
+            raise diverged(run, f"non-finite training loss at epoch {epoch + 1}, batch {bad + 1}")
         loss.backward()
         run.strategy.observe(Feedback(batch, plan, result, loss_vec.detach(),
                                       None if logits is None else logits.detach(), opt,
@@ -239,17 +273,36 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
     """Run (or resume) training into ``out``; returns the summary dict.
 
     ``progress``: None shows bars only on a terminal, False never. ``log`` receives the
-    one-line summary of each epoch.
+    one-line summary of each epoch. ``out`` is locked for the duration (:mod:`.claim`); a
+    resume first repairs what a crash left (:mod:`.recovery`).
     """
-    run = setup(cfg, out, resume=resume)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.dump())
+    out = Path(out)
+    with claim(out, resume=resume):
+        state = recovery.recover(out / "checkpoints", cfg.eval.select, log) if resume else None
+        if resume and state is None:
+            log(f"{out} has no completed epoch yet: training starts from the first")
+        if state is not None and cfg.epochs < int(state["epoch"]):
+            raise ConfigError("epochs", f"the run has already completed {state['epoch']} epochs; "
+                              f"give epochs >= {state['epoch']}")
+        preset = preset or (rundir.previous_preset(out) if resume else "")
+        run = setup(cfg, out, state=state)
+        fileio.write_file(out / "config.yaml", cfg.dump())
+        # summary.json from the start (it records the preset for a resume); on a resume, the
+        # tables as of the recovered epoch
+        write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
+        return train_epochs(run, preset, progress, log)
+
+
+def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str, Any]:
+    cfg, ckpts = run.cfg, run.out / "checkpoints"
     epochs = tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", initial=run.start_epoch,
                   total=cfg.epochs, disable=True if progress is False else None, dynamic_ncols=True)
     for epoch in epochs:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
         row["train_time_s"] = time.perf_counter() - t0
+        if (bad := nonfinite(run.model)) is not None:  # e.g. BatchNorm statistics at inf
+            raise diverged(run, f"non-finite values in {bad} after epoch {epoch + 1}")
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
             t1 = time.perf_counter()
             row.update(validate(run, epoch))
@@ -263,11 +316,10 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
         run.telemetry.append({"epoch": epoch + 1, **run.strategy.end_epoch(epoch)})
         run.wall_time += time.perf_counter() - t0
         run.history.append(row)
-        best = best_row(run.history, cfg.eval.select)
-        checkpoint.save(out / "checkpoints" / "last", run.model, state_of(run, epoch + 1))
-        if best is row:
-            checkpoint.save(out / "checkpoints" / "best", run.model,
-                            {"epoch": epoch + 1, "metrics": row})
+        # the commit order recovery.py relies on: last (the commit point), best, tables
+        checkpoint.save(ckpts / "last", run.model, state_of(run, epoch + 1))
+        if best_row(run.history, cfg.eval.select) is row:
+            checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
         write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
         log(epoch_line(row, cfg.epochs, cfg.eval.attack))
     return write_outputs(run, preset, finished=True)
