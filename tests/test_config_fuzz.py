@@ -353,7 +353,8 @@ def cli_sample() -> list[Case]:
             ("init_from", "abc"), ("seed", "0"), ("description", "abc"), ("optim.weight_decay", "0")]
     mine = [c for c in cases() if c.preset == "quickstart" and not c.base]
     chosen = [c for c in mine if (c.field, c.value) in pick]
-    chosen += [c for c in mine[::97] if c not in chosen][: 30 - len(chosen)]
+    stride = len(mine) // (30 - len(chosen)) + 1  # a deterministic spread over the fields
+    chosen += [c for c in mine[::stride] if c not in chosen][: 30 - len(chosen)]
     return chosen
 
 
