@@ -9,11 +9,17 @@ which always run as a cascade, each on the survivors of the previous, as AutoAtt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 
 OWN_HELP = "clean, pgd-K, pgd-K-R (R restarts), cw-K, cw-K-R, fgsm"
+# Bounds that catch typos before they cost days: evaluations in the literature use at most a
+# few thousand iterations (PGD-1000, APGD's 100 x restarts) and a handful of restarts.
+MAX_STEPS = 10_000
+MAX_RESTARTS = 100
+MAX_RELATIVE_STEP = 10.0  # a step of more than 10 eps only ever lands on the ball's surface
 AA_SUBATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 AA_VERSIONS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -78,6 +84,9 @@ def parse_spec(text: str, where: str = "--attacks", *, aa_version: str = "standa
         raise ConfigError(where, f"cannot parse {text!r}; allowed: {HELP}") from None
     if kind not in ("pgd", "cw") or len(parts) > 3 or steps < 1 or restarts < 1:
         raise ConfigError(where, f"cannot parse {text!r}; allowed: {HELP}")
+    if steps > MAX_STEPS or restarts > MAX_RESTARTS:
+        raise ConfigError(where, f"{text!r}: at most {MAX_STEPS} steps and {MAX_RESTARTS} restarts "
+                          "per attack (is a digit too many?)")
     return AttackSpec(spec, kind, steps=steps, restarts=restarts)
 
 
@@ -95,32 +104,71 @@ def parse_list(text: str | list[str], where: str = "--attacks", *, aa_version: s
     return out
 
 
-def parse_step(text: str | float, where: str = "--step-size") -> tuple[float, float]:
-    """Step size as (absolute, relative-to-eps): '2/255' -> (2/255, 0); 'eps/4' -> (0, 0.25)."""
+def parse_real(text: str, where: str, example: str) -> float:
+    """A finite number written as a decimal or a fraction ('8/255'). Zero denominators, NaN,
+    infinities and overflow (1e309) are refused naming ``where``, never raised as Python errors."""
     from ..registry import parse_number
 
-    if isinstance(text, (int, float)):
-        return float(text), 0.0
-    s = str(text).strip().lower().replace(" ", "")
-    if s.startswith("eps"):
-        rest = s[3:]
-        try:
-            if rest == "":
-                return 0.0, 1.0
-            if rest.startswith("/"):
-                return 0.0, 1.0 / float(rest[1:])
-            if rest.startswith("*"):
-                return 0.0, float(rest[1:])
-        except ValueError:
-            pass
-        raise ConfigError(where, f"cannot parse {text!r}; write e.g. 2/255, 0.01 or eps/4")
+    s = str(text).strip()
+    if "/" in s and _is_zero(s.rsplit("/", 1)[1]):
+        raise ConfigError(where, f"{text!r} divides by zero; write e.g. {example}")
     try:
         value = float(parse_number(s))
+    except (ValueError, TypeError, OverflowError, ZeroDivisionError):
+        raise ConfigError(where, f"cannot parse {text!r}; write e.g. {example}") from None
+    if not math.isfinite(value):
+        raise ConfigError(where, f"must be finite, got {text!r}; write e.g. {example}")
+    return value
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
     except ValueError:
-        raise ConfigError(where, f"cannot parse {text!r}; write e.g. 2/255, 0.01 or eps/4") from None
-    if value < 0:
-        raise ConfigError(where, f"must be >= 0, got {text!r}")
-    return value, 0.0
+        return False
+
+
+STEP_EXAMPLE = "2/255, 0.01 or eps/4"
+
+
+def parse_step(text: str | float, where: str = "--step-size") -> tuple[float, float]:
+    """Step size as (absolute, relative-to-eps): '2/255' -> (2/255, 0); 'eps/4' -> (0, 0.25).
+    An absolute step lies in (0, 1] (image units), a relative one in (0, MAX_RELATIVE_STEP] x eps:
+    a zero step leaves the attack at its start and reports robustness that is not there."""
+    if isinstance(text, bool):
+        raise ConfigError(where, f"expected a step such as {STEP_EXAMPLE}, got {text!r}")
+    if isinstance(text, (int, float)):
+        return _absolute_step(float(text), text, where), 0.0
+    s = str(text).strip().lower().replace(" ", "")
+    if s.startswith("eps"):
+        return 0.0, _relative_step(s[3:], text, where)
+    return _absolute_step(parse_real(s, where, STEP_EXAMPLE), text, where), 0.0
+
+
+def _absolute_step(value: float, text: object, where: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(where, f"must be finite, got {text!r}; write e.g. {STEP_EXAMPLE}")
+    if value <= 0 or value > 1:
+        raise ConfigError(where, f"an absolute step must be in (0, 1] (images are in [0, 1]), got "
+                          f"{text!r}; write e.g. {STEP_EXAMPLE}")
+    return value
+
+
+def _relative_step(rest: str, text: object, where: str) -> float:
+    """The factor of 'eps', 'eps/K' or 'eps*M' (``rest`` is what follows 'eps')."""
+    if rest == "":
+        factor = 1.0
+    elif rest[0] in "/*" and rest[1:]:
+        k = parse_real(rest[1:], where, STEP_EXAMPLE)
+        if k == 0 and rest[0] == "/":
+            raise ConfigError(where, f"{text!r} divides by zero; write e.g. eps/4")
+        factor = 1.0 / k if rest[0] == "/" else k
+    else:
+        raise ConfigError(where, f"cannot parse {text!r}; write e.g. {STEP_EXAMPLE}")
+    if not (0 < factor <= MAX_RELATIVE_STEP):
+        raise ConfigError(where, f"a relative step must be in (0, {MAX_RELATIVE_STEP:g}] x eps, got "
+                          f"{text!r}; write e.g. eps/4")
+    return factor
 
 
 def step_for(step: tuple[float, float], eps: float) -> float:
