@@ -5,10 +5,12 @@ chosen version (``standard``: APGD-CE, APGD-T with 9 target classes, FAB-T, Squa
 queries; ``rand``: APGD-CE / APGD-DLR with 20 EOT iterations), restricted to one sub-attack at
 a time so that adaptrain's cascade can record per-sub-attack accuracy and time, and resume
 between chunks. The official code seeds its attacks per batch, so a chunk gives the same
-result whether it runs alone or inside a longer evaluation. Its warnings (randomised or
-dynamic defence, probability outputs, zero gradients, Square stronger than the white-box
-attacks) are captured and reported as AutoAttack's flags. The global RNG state, which the
-official code reseeds, is restored afterwards.
+result whether it runs alone or inside a longer evaluation, but an example's result depends on
+the chunk it is in (its row of the random draws): the batch size is therefore part of the
+resumable state's key when AutoAttack runs, and a resumed job re-forms the same chunks. Its
+warnings (randomised or dynamic defence, probability outputs, zero gradients, Square stronger
+than the white-box attacks) are captured and reported as AutoAttack's flags. The global RNG
+state, which the official code reseeds, is restored afterwards.
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ accuracy lost per 1/255 of budget, averaged over the curve (lower is flatter).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
+
+from .. import fileio
 
 
 def robustness_disparity(eps: Sequence[float], acc: Sequence[float], clean: float | None = None,
@@ -43,7 +46,10 @@ def plot_curves(curves: dict[str, dict], path: Path, title: str = "") -> Path:
     if len(curves) > 1 or any(curves):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_file(path, buf.getvalue())  # atomic: a crash never leaves half an image
     return path

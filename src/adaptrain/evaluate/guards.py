@@ -1,5 +1,7 @@
 """What evaluation asserts about the model instead of assuming it.
 
+* finite weights and buffers: a diverged model (NaN / inf anywhere) is refused up front, named
+  as such;
 * eval mode for every module during every attack, and BatchNorm statistics unchanged at the
   end (an attack that ran BatchNorm in train mode would silently change the model);
 * logits, not probabilities: a model whose outputs are non-negative and sum to one per row
@@ -48,10 +50,39 @@ def buffers_snapshot(model: nn.Module) -> list[torch.Tensor]:
 
 
 def assert_buffers_unchanged(model: nn.Module, before: list[torch.Tensor]) -> None:
-    for b, old in zip(model.buffers(), before, strict=True):
-        if not torch.equal(b, old):
-            raise EvaluationError("model", "BatchNorm statistics (or another buffer) changed during "
-                                  "evaluation: an attack ran the model in train mode")
+    """Every buffer as it was; NaN where there was NaN counts as unchanged (torch.equal would
+    call a NaN buffer changed and blame train mode for what is a diverged model)."""
+    for (name, b), old in zip(model.named_buffers(), before, strict=True):
+        if not same_values(b, old):
+            raise EvaluationError("model", f"BatchNorm statistics (or another buffer: {name}) changed "
+                                  "during evaluation: an attack ran the model in train mode")
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN matching NaN."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not a.is_floating_point() and not a.is_complex():
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse a model whose weights or buffers hold NaN or inf: every number an evaluation
+    would report for it is meaningless, and the cause is a diverged training run, not the
+    evaluation (a NaN BatchNorm variance would otherwise surface as a train-mode error)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in tensors:
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        bad = int((~torch.isfinite(t.detach())).sum())
+        if bad:
+            kind = "weight" if isinstance(t, nn.Parameter) else "buffer"
+            raise EvaluationError("model", f"{kind} {name} holds {bad} non-finite value(s) (NaN or "
+                                  f"inf) of {t.numel()}: the model diverged in training; evaluate an "
+                                  "earlier checkpoint or retrain with a smaller learning rate")
 
 
 def check_logits(logits: torch.Tensor) -> None:

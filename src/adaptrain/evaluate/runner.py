@@ -4,7 +4,10 @@ independently, the worst case per example, eps-curves, corruptions, sanity check
 Every unit of work is a *job* (an attack at a budget, an AutoAttack sub-attack, a corruption
 at a severity) run in chunks of ``batch_size`` examples on the examples it applies to; each
 chunk's per-example results go to the resumable :class:`EvalState`, so an interrupted
-evaluation continues where it stopped and ends with the same numbers.
+evaluation (even one killed inside an attack) continues where it stopped and ends with the same
+numbers: the state holds whole chunks in order, the remaining examples are re-cut into the same
+chunks, and the batch size is part of the state's key when results depend on the chunking
+(AutoAttack, corruptions).
 
 Modes: ``cascade`` (default, AutoAttack's way): each attack runs only on the examples that
 survived every earlier attack, and ``accuracy[attack]`` is the robust accuracy *after* that
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import engine, make_loss
+from ..errors import ConfigError
 from . import aa as aa_mod
 from . import checks as checks_mod
 from .curve import robustness_disparity
@@ -37,6 +42,7 @@ from .guards import (
     assert_buffers_unchanged,
     assert_eval_mode,
     buffers_snapshot,
+    check_finite,
     check_inputs,
     check_logits,
     has_internal_normalisation,
@@ -87,9 +93,31 @@ def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Ev
     h.update(raw(y))
     s = asdict(settings)
     s.pop("extra", None)
-    s.pop("batch_size", None)  # results do not depend on it (keyed randomness, per-chunk seeds)
+    if not chunking_matters(settings):
+        s.pop("batch_size", None)  # own attacks key their randomness by example: no dependence
     h.update(json.dumps(s, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def chunking_matters(s: EvalSettings) -> bool:
+    """Whether results depend on how examples are cut into chunks: the official AutoAttack seeds
+    its random starts per call (one call per chunk) and corruptions draw their noise per chunk,
+    so a state saved with another batch size must not be resumed into these jobs."""
+    specs = parse_list(list(s.attacks), aa_version=s.aa_version, aa_attacks=s.aa_attacks)
+    if s.curve:
+        specs.append(parse_spec(s.curve_attack, "--curve-attack", aa_version=s.aa_version,
+                                aa_attacks=s.aa_attacks))
+    return any(sp.kind == "aa" for sp in specs) or bool(s.corruptions)
+
+
+def check_budgets(s: EvalSettings) -> None:
+    """Budgets finite and >= 0 (and at most 1 for linf, in [0, 1] image units): a NaN budget
+    would report 0 % robust accuracy, an infinite one any number at all."""
+    for where, values in (("eps", [s.eps]), ("curve", list(s.curve))):
+        for v in values:
+            v = float(v)
+            if not math.isfinite(v) or v < 0 or (s.norm == "linf" and v > 1):
+                raise ConfigError(where, f"budget {v!r} must be finite, >= 0 and (linf) <= 1")
 
 
 class Evaluator:
@@ -186,17 +214,23 @@ class Evaluator:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, *,
              state_path=None, progress: bool | None = None, device: torch.device | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, save_every_s: float = 5.0) -> dict[str, Any]:
     """Evaluate ``model`` on x (N, C, H, W) uint8 or [0, 1] float, y (N,); returns the result
-    dict (the ``adaptrain eval`` JSON without provenance). Resumes from ``state_path``."""
+    dict (the ``adaptrain eval`` JSON without provenance). Resumes from ``state_path``, which
+    is written at most every ``save_every_s`` seconds (and at the end of every job)."""
     s = settings
+    check_finite(model)
     device = device or next(model.parameters()).device
     specs = parse_list(list(s.attacks), aa_version=s.aa_version, aa_attacks=s.aa_attacks)
     step = parse_step(s.step)
+    check_budgets(s)
     warnings_out = check_inputs(x)
-    state = EvalState(state_path, fingerprint(model, x, y, s), int(y.shape[0]))
+    state = EvalState(state_path, fingerprint(model, x, y, s), int(y.shape[0]), save_every_s)
     if state.resumed and log:
         log(f"resuming the evaluation from {state_path}")
+    if state.stale and log:
+        log(f"ignoring {state_path}: it holds a partial evaluation of other weights, data or "
+            "settings (for AutoAttack and corruptions, also another batch size); starting over")
     net: nn.Module = model
     if s.bf16:
         if log:
