@@ -3,26 +3,50 @@
 Writes ``RUN/eval/<checkpoint>.json`` (or ``--out``), a markdown table next to it, the
 eps-curve plot when a curve was asked for, and while running a ``.state.json`` from which an
 interrupted evaluation resumes (delete it, or pass ``--fresh``, to start over).
+
+The work is ordered so that a mistake costs seconds, not the evaluation: every flag is parsed
+and range-checked first (one line ``error: --flag: ...``, exit code 2, nothing loaded or
+written); then the config, the device, the checkpoint and the destination's folder are checked;
+then the model (refused if it holds NaN / inf) and the data are loaded; only then is the
+destination created and an exclusive lock taken on ``.<name>.lock`` next to it, held for the
+whole evaluation, so two evaluations of one destination cannot mix. Results are written
+atomically (:mod:`adaptrain.fileio`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, fileio
 from .config import Config, build_config, load_config_file
 from .errors import ConfigError
-from .registry import parse_number
 
+# Bounds on the integer flags (documented in --help): beyond them a value is a typo.
+MAX_N = 10**9  # examples
+MAX_BATCH = 10**6  # examples per chunk
+MAX_SEED = 2**31 - 1  # every generator (torch, numpy, AutoAttack) takes it
+AA_VERSIONS = ("standard", "rand", "plus", "custom")
+NORMS = ("linf", "l2")
+CORRUPTION_TABLES = ("auto", "cifar", "imagenet")
+CHECKPOINTS = ("best", "last")
+SPLITS = ("test", "val")
+BUDGET_EXAMPLE = "8/255 or 0.03"
 
-def locate(target: str, which: str, config: str | None) -> tuple[Path, Config, Path | None]:
-    """-> (weights path, config, run directory or None)."""
+def config_for(target: str, config: str | None) -> tuple[Config, Path | None]:
+    """-> (the config the model was trained with, its run directory or None). A config that
+    cannot be found or read is reported against --config."""
     p = Path(target)
     run_dir = None
     if (p / "config.yaml").is_file():
@@ -30,138 +54,367 @@ def locate(target: str, which: str, config: str | None) -> tuple[Path, Config, P
     elif p.is_dir() and (p.parent.parent / "config.yaml").is_file():
         run_dir = p.parent.parent
     if config is not None:
-        cfg = build_config(config)
-    elif run_dir is not None:
-        cfg = load_config_file(run_dir / "config.yaml")
-    else:
-        raise ConfigError("--config", f"{target} is not inside a run directory; give the preset "
-                          "or YAML it was trained with (--config NAME_OR_YAML)")
-    return checkpoint.resolve(p, which), cfg, run_dir
+        if not config.strip():
+            raise ConfigError("--config", "empty; give a preset name or a YAML file")
+        try:
+            return build_config(config), run_dir
+        except ConfigError as exc:
+            if exc.field in ("preset", "base", config):
+                raise ConfigError("--config", exc.message) from None
+            raise
+    if run_dir is not None:
+        return load_config_file(run_dir / "config.yaml"), run_dir
+    raise ConfigError("--config", f"{target} is not inside a run directory; give the preset "
+                      "or YAML it was trained with (--config NAME_OR_YAML)")
+
+
+def locate(target: str, which: str, config: str | None) -> tuple[Path, Config, Path | None]:
+    """-> (weights path, config, run directory or None)."""
+    cfg, run_dir = config_for(target, config)
+    return checkpoint.resolve(Path(target), which), cfg, run_dir
+
+
+def parse_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps, checked against this machine before anything loads."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("--device", "'mps' requested but no Apple GPU is available to torch "
+                              "here; use --device cpu (or auto)")
+        return torch.device("mps")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m is None:
+        raise ConfigError("--device", f"unknown {name!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device", f"{name!r} requested but CUDA is not available on this "
+                          "machine; use --device cpu (or auto)")
+    count = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= count:
+        raise ConfigError("--device", f"{name!r}: this machine has {count} CUDA device(s), "
+                          f"cuda:0 .. cuda:{count - 1}")
+    return torch.device(name)
 
 
 def load_model(target: str, which: str = "best", config: str | None = None,
                device: str = "auto") -> tuple[torch.nn.Module, Config, Any, Path | None]:
-    from .data import load_arrays
-    from .models import build_model
-    from .rundir import resolve_device
-
     weights, cfg, run_dir = locate(target, which, config)
+    model, arrays = load_weights_into_model(cfg, weights, parse_device(device))
+    return model, cfg, arrays, run_dir
+
+
+def load_weights_into_model(cfg: Config, weights: Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """Build the config's model on ``device``, load ``weights``, eval mode; refuse NaN / inf."""
+    from .data import load_arrays
+    from .evaluate.guards import check_finite
+    from .models import build_model
+
     arrays = load_arrays(cfg.data.name, cfg.data.root, cfg.data.download)
-    dev = resolve_device(device)
-    model = build_model(cfg.model, arrays.spec).to(dev)
+    model = build_model(cfg.model, arrays.spec).to(device)
     checkpoint.load_into(model, weights)
     model.eval()
-    return model, cfg, arrays, run_dir
+    check_finite(model)
+    return model, arrays
 
 
 SAAT_CURVE = "0,2/255,4/255,8/255,12/255,16/255"
 
 
-def _budgets(text: str | None, where: str) -> list[float]:
-    if not text:
+def integer(value: Any, flag: str, lo: int, hi: int) -> int:
+    """An integer flag in [lo, hi]; '1e3' is 1000, '1.5', 'nan' and '1e309' are refused."""
+    v = value if isinstance(value, int) and not isinstance(value, bool) else _to_int(value, flag)
+    if v < lo:
+        raise ConfigError(flag, f"must be >= {lo}, got {value!r}")
+    if v > hi:
+        raise ConfigError(flag, f"must be <= {hi}, got {value!r}")
+    return v
+
+
+def _to_int(value: Any, flag: str) -> int:
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        f = float(text)
+    except ValueError:
+        f = math.nan
+    if isinstance(value, bool) or not math.isfinite(f) or f != int(f):
+        raise ConfigError(flag, f"expected a finite integer, got {value!r}")
+    return int(f)
+
+
+def choice(value: Any, flag: str, allowed: tuple[str, ...]) -> str:
+    """One of ``allowed`` exactly (checked here rather than by argparse, whose refusal is a
+    usage block and a SystemExit instead of one line)."""
+    if value not in allowed:
+        raise ConfigError(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def items(text: str, flag: str, example: str) -> list[str]:
+    """A comma list without empty entries ('a,,b' may hide a lost value); blank text is []."""
+    if not str(text).strip():
         return []
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(parts):
+        raise ConfigError(flag, f"empty entry in {text!r}; write e.g. {example}")
+    return parts
+
+
+def budget(text: Any, flag: str, norm: str | None) -> float:
+    """A budget in image units: finite, >= 0 and, for linf, at most 1 (the whole [0, 1] box)."""
+    from .evaluate.specs import parse_real
+
+    v = float(text) if isinstance(text, (int, float)) else parse_real(text, flag, BUDGET_EXAMPLE)
+    if not math.isfinite(v):
+        raise ConfigError(flag, f"must be finite, got {text!r}")
+    if v < 0:
+        raise ConfigError(flag, f"budgets must be >= 0, got {text!r}")
+    if norm == "linf" and v > 1:
+        raise ConfigError(flag, f"must be <= 1 for linf: budgets are in [0, 1] image units (write "
+                          f"8/255, not 8), got {text!r}")
+    return v
+
+
+def _budgets(text: str | None, where: str, norm: str | None = None) -> list[float]:
+    if text is None:
+        return []
+    return [budget(item, where, norm) for item in items(text, where, "0,2/255,4/255,8/255")]
+
+
+def _severities(text: str) -> list[int]:
     out = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
+    for item in items(text, "--severities", "1,2,3,4,5"):
         try:
-            v = float(parse_number(item.strip()))
+            out.append(int(item))
         except ValueError:
-            raise ConfigError(where, f"cannot parse {item!r}; write e.g. 0,2/255,4/255,8/255") from None
-        if v < 0:
-            raise ConfigError(where, f"budgets must be >= 0, got {item!r}")
-        out.append(v)
+            raise ConfigError("--severities", f"cannot parse {text!r}; e.g. 1,2,3,4,5") from None
+    if not out:
+        raise ConfigError("--severities", "give at least one severity, e.g. 1,2,3,4,5")
+    if any(s < 0 or s > 5 for s in out):
+        raise ConfigError("--severities", f"must be in 0..5, got {text!r}")
     return out
+
+
+def _corruptions(text: str | None) -> list[str]:
+    from .corruptions import CORRUPTIONS, GROUPS
+
+    out: list[str] = []
+    for item in items(text or "", "--corruptions", "noise,blur or all"):
+        if item in ("all", "common"):
+            out += list(CORRUPTIONS)
+        elif item in GROUPS:
+            out += list(GROUPS[item])
+        elif item in CORRUPTIONS:
+            out.append(item)
+        else:
+            raise ConfigError("--corruptions", f"unknown {item!r}; allowed: all, "
+                              f"{', '.join(GROUPS)}, {', '.join(CORRUPTIONS)}")
+    return list(dict.fromkeys(out))
+
+
+def _aa_attacks(args: argparse.Namespace, aa_version: str) -> tuple[str, ...] | None:
+    from .evaluate.specs import AA_SUBATTACKS
+
+    if args.aa_attacks is None:
+        return None
+    subs = items(args.aa_attacks, "--aa-attacks", "apgd-ce,apgd-t")
+    if not subs:
+        raise ConfigError("--aa-attacks", "empty; give a list such as apgd-ce,apgd-t")
+    for sub in subs:
+        if sub not in AA_SUBATTACKS:
+            raise ConfigError("--aa-attacks", f"unknown {sub!r}; allowed: {', '.join(AA_SUBATTACKS)}")
+    if aa_version != "custom":
+        raise ConfigError("--aa-attacks", "a custom subset needs --aa-version custom")
+    return tuple(subs)
+
+
+def _norm(args: argparse.Namespace, cfg: Config | None) -> str | None:
+    """--norm, else the run's attack norm (None before the config is read)."""
+    if args.norm is not None:
+        return choice(args.norm, "--norm", NORMS)
+    if cfg is None:
+        return None
+    norm = cfg.attack.get("norm", "linf")
+    if norm not in NORMS:
+        raise ConfigError("--norm", f"the run was trained with norm {norm!r}; evaluation supports "
+                          f"{', '.join(NORMS)}: pass --norm")
+    return norm
 
 
 def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
     """EvalSettings from the command line; ``cfg`` (the run's config) supplies the defaults of
-    eps, step and norm. Called once without it to refuse bad arguments before any loading."""
+    eps, step and norm. Called once without it to refuse bad arguments before anything is read."""
     from .evaluate import EvalSettings, parse_list, parse_spec, parse_step
 
-    aa_attacks = tuple(a.strip() for a in args.aa_attacks.split(",")) if args.aa_attacks else None
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    parse_list(attacks, aa_version=args.aa_version, aa_attacks=aa_attacks)  # fail early
-    if args.n < 1:
-        raise ConfigError("--n", f"must be >= 1, got {args.n}")
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size", f"must be >= 1, got {args.batch_size}")
+    aa_version = choice(args.aa_version, "--aa-version", AA_VERSIONS)
+    aa_attacks = _aa_attacks(args, aa_version)
+    attacks = items(args.attacks, "--attacks", "clean,pgd-20,aa")
+    if not attacks:
+        raise ConfigError("--attacks", "give at least one attack, e.g. clean,pgd-20")
+    parse_list(attacks, aa_version=aa_version, aa_attacks=aa_attacks)  # fail early
+    integer(args.n, "--n", 1, MAX_N)
+    batch_size = integer(args.batch_size, "--batch-size", 1, MAX_BATCH)
+    seed = integer(args.seed, "--seed", 0, MAX_SEED)
+    for flag, value, allowed in (("--corruption-table", args.corruption_table, CORRUPTION_TABLES),
+                                 ("--checkpoint", args.checkpoint, CHECKPOINTS),
+                                 ("--split", args.split, SPLITS)):
+        choice(value, flag, allowed)
+    norm = _norm(args, cfg)
     cfg = cfg or Config()
-    eps = float(parse_number(args.eps)) if args.eps is not None else cfg.eval.eps
-    if eps < 0:
-        raise ConfigError("--eps", f"must be >= 0, got {eps}")
+    eps = budget(args.eps if args.eps is not None else cfg.eval.eps, "--eps", norm)
     step = args.step_size if args.step_size is not None else cfg.eval.step_size
-    parse_step(step)
+    parse_step(step, "--step-size")
     curve_arg = args.eps_curve
     if curve_arg is None and cfg.strategy.get("name") == "saat":
         curve_arg = SAAT_CURVE  # SAAT runs report robustness disparity by default
-    curve = _budgets(curve_arg, "--eps-curve")
-    if curve:
-        parse_spec(args.curve_attack, "--curve-attack", aa_version=args.aa_version,
-                   aa_attacks=aa_attacks)
-        parse_step(args.curve_step, "--curve-step")
-    corruptions: list[str] = []
-    if args.corruptions:
-        from .corruptions import CORRUPTIONS, GROUPS
-
-        for item in args.corruptions.split(","):
-            item = item.strip()
-            if item in ("all", "common"):
-                corruptions += list(CORRUPTIONS)
-            elif item in GROUPS:
-                corruptions += list(GROUPS[item])
-            elif item in CORRUPTIONS:
-                corruptions.append(item)
-            elif item:
-                raise ConfigError("--corruptions", f"unknown {item!r}; allowed: all, "
-                                  f"{', '.join(GROUPS)}, {', '.join(CORRUPTIONS)}")
-    try:
-        severities = [int(s) for s in args.severities.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError("--severities", f"cannot parse {args.severities!r}; e.g. 1,2,3,4,5") from None
-    if any(s < 0 or s > 5 for s in severities):
-        raise ConfigError("--severities", f"must be in 0..5, got {args.severities}")
-    norm = args.norm or cfg.attack.get("norm", "linf")
-    return EvalSettings(attacks=attacks, eps=eps, step=step, norm=norm, seed=args.seed,
-                        batch_size=args.batch_size, cascade=args.cascade,
-                        aa_version=args.aa_version, aa_attacks=aa_attacks, curve=curve,
+    curve = _budgets(curve_arg, "--eps-curve", norm)
+    parse_spec(args.curve_attack, "--curve-attack", aa_version=aa_version, aa_attacks=aa_attacks)
+    parse_step(args.curve_step, "--curve-step")
+    corruptions = _corruptions(args.corruptions)
+    severities = _severities(args.severities)
+    return EvalSettings(attacks=attacks, eps=eps, step=step, norm=norm or "linf", seed=seed,
+                        batch_size=batch_size, cascade=args.cascade,
+                        aa_version=aa_version, aa_attacks=aa_attacks, curve=curve,
                         curve_attack=args.curve_attack, curve_step=args.curve_step,
-                        corruptions=list(dict.fromkeys(corruptions)), severities=severities,
+                        corruptions=corruptions, severities=severities,
                         corruption_table=args.corruption_table, bf16=args.bf16)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from .data import make_splits
-    from .evaluate import checks as checks_mod
-    from .evaluate import evaluate, plot_curves
-    from .evaluate.aa import version as aa_version
-    from .evaluate.results import json_ready, to_markdown
-    from .rundir import versions
+def destination(args: argparse.Namespace, run_dir: Path | None) -> Path:
+    """The result file: --out, else RUN/eval/<checkpoint>.json, else next to the checkpoint."""
+    if args.out is not None:
+        if not str(args.out).strip():
+            raise ConfigError("--out", "empty; give the JSON file to write, e.g. eval.json")
+        dest = Path(args.out)
+        if dest.suffix != ".json":
+            raise ConfigError("--out", f"must name a .json file (the markdown and the resumable "
+                              f"state go next to it), got {args.out!r}")
+    elif run_dir is not None:
+        dest = run_dir / "eval" / f"{args.checkpoint}.json"
+    else:
+        dest = Path(str(args.target).rstrip("/") + ".eval.json")
+    if dest.is_dir():
+        raise ConfigError("--out", f"{dest} is a directory; give a file in it, e.g. {dest / 'eval.json'}")
+    return dest
 
-    settings_from_args(args)  # bad arguments stop here, before any loading
-    model, cfg, arrays, run_dir = load_model(args.target, args.checkpoint, args.config, args.device)
-    settings = settings_from_args(args, cfg)
+
+def check_writable(dest: Path) -> None:
+    """Refuse (naming --out) a destination whose folder cannot be created or written, by
+    creating and removing a file in the nearest existing folder above it: nothing is left."""
+    folder = dest.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError("--out", f"cannot create {dest.parent}: {folder} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".adaptrain-write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def lock_path(dest: Path) -> Path:
+    """A hidden file next to the result; it stays after the evaluation (deleting a lock file
+    while another process waits on it would let two holders in)."""
+    return dest.with_name("." + dest.name + ".lock")
+
+
+def hold_destination(stack: ExitStack, dest: Path) -> None:
+    """Create the destination's folder and hold its lock until ``stack`` closes; another
+    evaluation of the same destination stops at once with one line."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(fileio.exclusive_lock(lock_path(dest), what="--out",
+                                                  holder=f"the evaluation {dest}"))
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write to {dest.parent}: {exc.strerror or exc}") from None
+
+
+def examples(args: argparse.Namespace, cfg: Config, arrays: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of the split (all of them, said in one line, if it is smaller)."""
+    from .data import make_splits
+
     if args.split == "test":
         x, y = arrays.x_test, arrays.y_test
     else:
         sp = make_splits(arrays, subset=None, val_size=cfg.data.val_size,
                          split_seed=cfg.data.split_seed)
         x, y = sp.x_val, sp.y_val
-    x, y = x[: args.n], y[: args.n]
-    dest = Path(args.out) if args.out else (
-        (run_dir / "eval" / f"{args.checkpoint}.json") if run_dir else
-        Path(str(args.target).rstrip("/") + ".eval.json"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = int(y.shape[0])
+    if have == 0:
+        raise ConfigError("--split", f"the {args.split} split of {cfg.data.name} is empty (the run's "
+                          f"data.val_size is {cfg.data.val_size}); use --split test")
+    if n > have:
+        print(f"note: the {args.split} split has {have} examples; evaluating all of them (--n {n})")
+    return x[:n], y[:n]
+
+
+def write_results(dest: Path, doc: dict[str, Any], label: str) -> str:
+    """JSON, markdown and (with a curve) the plot, each written atomically; -> the markdown."""
+    from .evaluate import plot_curves
+    from .evaluate.results import to_markdown
+
+    md = to_markdown(doc)
+    try:
+        fileio.write_file(dest, json.dumps(doc, indent=2))
+        fileio.write_file(dest.with_suffix(".md"), md)
+        if doc.get("curve"):
+            plot_curves({label: doc["curve"]}, dest.with_suffix(".curve.png"),
+                        title=f"{doc['curve']['attack']} accuracy vs eps")
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write {exc.filename or dest}: {exc.strerror or exc}; "
+                          "the evaluation's state is kept: run the command again to write it") from None
+    return md
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``adaptrain eval``: every check that can fail runs before the evaluation does, cheapest
+    first, so a mistake never costs the evaluation's hours (see the module docstring)."""
+    settings_from_args(args)  # bad arguments stop here, before anything is read
+    cfg, run_dir = config_for(args.target, args.config)
+    settings = settings_from_args(args, cfg)
+    device = parse_device(args.device)
+    weights = checkpoint.resolve(Path(args.target), args.checkpoint)
+    dest = destination(args, run_dir)
+    check_writable(dest)
+    model, arrays = load_weights_into_model(cfg, weights, device)
+    x, y = examples(args, cfg, arrays, integer(args.n, "--n", 1, MAX_N))
+    with ExitStack() as stack:
+        hold_destination(stack, dest)
+        return _evaluate_into(args, cfg, settings, model, x, y, dest)
+
+
+def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
+                   x: torch.Tensor, y: torch.Tensor, dest: Path) -> int:
+    """The evaluation proper, under the destination's lock; resumable from the state file."""
+    from .evaluate import checks as checks_mod
+    from .evaluate import evaluate
+    from .evaluate.aa import version as aa_version
+    from .evaluate.results import json_ready
+    from .rundir import versions
+
     state_path = dest.with_name(dest.stem + ".state.json")
-    if args.fresh and state_path.exists():
-        state_path.unlink()
+    if args.fresh:
+        state_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    result = evaluate(model, x, y, settings, state_path=state_path,
-                      progress=False if args.quiet else None, log=print)
+    try:
+        result = evaluate(model, x, y, settings, state_path=state_path,
+                          progress=False if args.quiet else None, log=print)
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume from {state_path}", file=sys.stderr)
+        return 130
     provenance = {
         **versions(), "autoattack": aa_version(), "target": str(args.target),
         "checkpoint": args.checkpoint, "data": cfg.data.name, "split": args.split,
-        "seed": args.seed, "n": int(y.shape[0]), "eps": settings.eps, "norm": settings.norm,
+        "seed": settings.seed, "n": int(y.shape[0]), "eps": settings.eps, "norm": settings.norm,
         "attacks": settings.attacks, "aa_version": settings.aa_version,
         "aa_attacks": list(settings.aa_attacks) if settings.aa_attacks else None,
         "jobs_run": list(result["_state"].jobs), "batch_size": settings.batch_size,
@@ -169,14 +422,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     doc = json_ready(result, provenance)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(dest)
-    md = to_markdown(doc)
-    dest.with_suffix(".md").write_text(md)
-    if doc.get("curve"):
-        plot_curves({args.checkpoint: doc["curve"]}, dest.with_suffix(".curve.png"),
-                    title=f"{doc['curve']['attack']} accuracy vs eps")
+    md = write_results(dest, doc, args.checkpoint)
     result["_state"].remove()
     print(md, end="")
     checks_mod.report(doc["checks"])
@@ -190,15 +436,18 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("target", help="run directory, checkpoint directory or weights file")
     e.add_argument("--attacks", default="clean,pgd-20",
                    help=f"comma list ({HELP}); default clean,pgd-20")
-    e.add_argument("--aa-version", default="standard", choices=["standard", "rand", "plus", "custom"],
+    e.add_argument("--aa-version", default="standard", metavar="{" + ",".join(AA_VERSIONS) + "}",
                    help="AutoAttack version for 'aa' (custom: the --aa-attacks list)")
     e.add_argument("--aa-attacks", default=None,
                    help="custom AutoAttack subset, e.g. apgd-ce,apgd-t (with --aa-version custom)")
-    e.add_argument("--n", type=int, default=1000, help="number of examples (first n of the split)")
-    e.add_argument("--eps", default=None, help="budget, e.g. 8/255 (default: the run's eval.eps)")
-    e.add_argument("--step-size", default=None,
-                   help="attack step: absolute (2/255) or relative (eps/4); default: the run's")
-    e.add_argument("--norm", default=None, choices=["linf", "l2"], help="threat model")
+    e.add_argument("--n", default=1000,
+                   help=f"number of examples (first n of the split; 1 .. {MAX_N})")
+    e.add_argument("--eps", default=None, help="budget in [0, 1] image units, e.g. 8/255 (at most 1 "
+                   "for linf; default: the run's eval.eps)")
+    e.add_argument("--step-size", default=None, help="attack step: absolute in (0, 1] (2/255) or "
+                   "relative (eps/4, at most eps*10); default: the run's")
+    e.add_argument("--norm", default=None, metavar="{" + ",".join(NORMS) + "}",
+                   help="threat model (default: the run's)")
     e.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
                    help="run each attack only on the survivors of the earlier ones (default); "
                    "--no-cascade runs every attack on every clean-correct example")
@@ -210,16 +459,17 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--corruptions", default=None,
                    help="all, a group (noise, blur, weather, digital) or names, comma separated")
     e.add_argument("--severities", default="1,2,3,4,5", help="corruption severities (0 = clean)")
-    e.add_argument("--corruption-table", default="auto", choices=["auto", "cifar", "imagenet"],
+    e.add_argument("--corruption-table", default="auto", metavar="{" + ",".join(CORRUPTION_TABLES) + "}",
                    help="corruption constants: CIFAR-10-C or ImageNet-C (auto: by image size)")
     e.add_argument("--bf16", action="store_true",
                    help="bf16 autocast for forward passes (faster on GPUs; risks gradient masking)")
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--checkpoint", default="best", metavar="{best,last}")
     e.add_argument("--config", default=None, help="config YAML for a bare checkpoint")
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--split", default="test", metavar="{test,val}")
+    e.add_argument("--seed", default=0, help=f"0 .. {MAX_SEED}")
+    e.add_argument("--batch-size", default=256, help=f"examples per chunk (1 .. {MAX_BATCH})")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--fresh", action="store_true", help="ignore a saved partial evaluation")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
-    e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json)")
+    e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json); "
+                   "one evaluation at a time per file")
