@@ -16,6 +16,7 @@ import io
 import pickle
 import re
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def safe_torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers; refuses pickled code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of old pickle protocols: noise on our one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's own text is about its weights_only default and suggests turning the
         # protection off; say instead what the file holds and how to make it loadable

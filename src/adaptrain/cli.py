@@ -19,7 +19,7 @@ RESUMABLE = ("epochs",)  # fields a resume may change: the rest would break exac
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .claim import check_new, check_resumable
-    from .train import train
+    from .train import check_init, train
 
     if args.resume:
         out = Path(args.resume)
@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         check_new(out)
         preset, resume = args.preset, False
+    check_init(cfg)
     if args.dry_run:
         print(cfg.dump(), end="")
         print(f"# dry run: the config above is valid; nothing was written to {out}", file=sys.stderr)

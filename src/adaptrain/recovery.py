@@ -46,6 +46,9 @@ def recover(ckpts: Path, select: str, log: Callable[[str], None]) -> dict[str, A
         return None
     fileio.remove_partials(ckpts)
     lasts = _candidates(ckpts, "last")
+    if not lasts and (ckpts / "last").exists():  # there, but unreadable: never restart silently
+        checkpoint.load_state(ckpts / "last")
+        raise CheckpointError("checkpoint", f"{ckpts / 'last'} is incomplete or not a training state")
     if not lasts:
         for p in _leftovers(ckpts):
             fileio.remove_tree(p)

@@ -71,12 +71,17 @@ class Run:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
-def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run:
-    """Build every component from ``cfg``; with ``state`` (a checkpoint's training state),
-    continue from it."""
+def check_init(cfg: Config) -> None:
+    """Fine-tuning presets name no model to start from: the user must give one."""
     if cfg.init_from == INIT_REQUIRED:
         raise ConfigError("init_from", "this preset fine-tunes a trained model: give "
                           "init_from=RUN_DIR_OR_CHECKPOINT (e.g. a run of the standard preset)")
+
+
+def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run:
+    """Build every component from ``cfg``; with ``state`` (a checkpoint's training state),
+    continue from it."""
+    check_init(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # model initialisation
     if cfg.deterministic:
@@ -277,6 +282,7 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
     resume first repairs what a crash left (:mod:`.recovery`).
     """
     out = Path(out)
+    check_init(cfg)
     with claim(out, resume=resume):
         state = recovery.recover(out / "checkpoints", cfg.eval.select, log) if resume else None
         if resume and state is None:
