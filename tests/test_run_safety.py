@@ -166,3 +166,11 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(capsys, tmp_path)
     printed = capsys.readouterr().out
     assert "epochs: 2" in printed and "name: small_cnn" in printed
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["train", "quickstart", "--bogus"], ["eval", "x", "--bf16=1"],
+                                  ["frob"], [], ["train", "quickstart", "--out"]])
+def test_a_malformed_command_line_is_one_line_not_a_usage_block(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: adaptrain"), err

@@ -95,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adaptrain", description="Adversarial training with an "
+    p = Parser(prog="adaptrain", description="Adversarial training with an "
                                 "adaptive adversary.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -149,17 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one ``error: <command>: ...`` line (exit 2)
+    instead of a usage block, like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # key=value overrides may come before or after options such as --out
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-")
-                                                              for e in extra):
-            args.overrides = [*args.overrides, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        args = parse(argv)
         return int(args.fn(args) or 0)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -172,8 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with `adaptrain train --resume RUN_DIR`", file=sys.stderr)
+        print("interrupted; continue with `adaptrain train --resume RUN_DIR`", file=sys.stderr)
         return 130
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    # key=value overrides may come before or after options such as --out
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-")
+                                                              for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            raise ConfigError(f"adaptrain {args.command}", f"unrecognized arguments: {' '.join(extra)} "
+                              f"(see `adaptrain {args.command} --help`)")
+    return args
 
 
 if __name__ == "__main__":  # pragma: no cover
