@@ -28,7 +28,7 @@ from .context import Batch, Feedback, RunContext, StepInfo
 from .data import BatchLoader, load_arrays, make_splits
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
-from .models import build_model
+from .models import build_model, first_nonfinite
 from .objectives import OBJECTIVES, Objective
 from .overfitting import catastrophic_overfitting
 from .regularizers import REGULARIZERS, Regularizer
@@ -174,14 +174,6 @@ def restore(run: Run, state: dict[str, Any]) -> None:
 CHECK_EVERY = 50  # batches between two reads of the non-finite-loss flag
 
 
-def nonfinite(model: torch.nn.Module) -> str | None:
-    """Name of the first weight or buffer holding NaN or inf (one host sync), else None."""
-    tensors = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
-    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
-        return None
-    return next(k for k, t in tensors if not bool(torch.isfinite(t).all()))
-
-
 def diverged(run: Run, what: str) -> TrainingError:
     """The error for a diverged run, naming the checkpoint that is left (always finite: a
     non-finite model is never written)."""
@@ -307,7 +299,7 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
         row["train_time_s"] = time.perf_counter() - t0
-        if (bad := nonfinite(run.model)) is not None:  # e.g. BatchNorm statistics at inf
+        if (bad := first_nonfinite(run.model)) is not None:  # e.g. BatchNorm statistics at inf
             raise diverged(run, f"non-finite values in {bad} after epoch {epoch + 1}")
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
             t1 = time.perf_counter()

@@ -73,16 +73,16 @@ def check_finite(model: nn.Module) -> None:
     """Refuse a model whose weights or buffers hold NaN or inf: every number an evaluation
     would report for it is meaningless, and the cause is a diverged training run, not the
     evaluation (a NaN BatchNorm variance would otherwise surface as a train-mode error)."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, t in tensors:
-        if not (t.is_floating_point() or t.is_complex()):
-            continue
-        bad = int((~torch.isfinite(t.detach())).sum())
-        if bad:
-            kind = "weight" if isinstance(t, nn.Parameter) else "buffer"
-            raise EvaluationError("model", f"{kind} {name} holds {bad} non-finite value(s) (NaN or "
-                                  f"inf) of {t.numel()}: the model diverged in training; evaluate an "
-                                  "earlier checkpoint or retrain with a smaller learning rate")
+    from ..models import first_nonfinite
+
+    name = first_nonfinite(model)
+    if name is not None:
+        t = model.state_dict()[name]
+        bad = int((~torch.isfinite(t)).sum())
+        kind = "weight" if name in dict(model.named_parameters()) else "buffer"
+        raise EvaluationError("model", f"{kind} {name} holds {bad} non-finite value(s) (NaN or "
+                              f"inf) of {t.numel()}: the model diverged in training; evaluate an "
+                              "earlier checkpoint or retrain with a smaller learning rate")
 
 
 def check_logits(logits: torch.Tensor) -> None:

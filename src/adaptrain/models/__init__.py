@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..autoload import import_submodules
-from .base import MODELS, ImageClassifier
+from .base import MODELS, ImageClassifier, first_nonfinite
 
 import_submodules(__name__, __path__)  # every module registers its architectures
 
@@ -32,4 +32,4 @@ def build_model(section: dict[str, Any], spec: DataSpec) -> ImageClassifier:
     return model
 
 
-__all__ = ["MODELS", "ImageClassifier", "build_model"]
+__all__ = ["MODELS", "ImageClassifier", "build_model", "first_nonfinite"]

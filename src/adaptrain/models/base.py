@@ -62,3 +62,13 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
         return self.head(self.features(x))
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """Name of the first weight or buffer holding NaN or inf, else None; one host sync for
+    the whole model (a diverged run shows here first, often in BatchNorm running variances)."""
+    tensors = [(k, t.detach()) for k, t in model.state_dict().items()
+               if t.is_floating_point() or t.is_complex()]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        return None
+    return next(k for k, t in tensors if not bool(torch.isfinite(t).all()))
