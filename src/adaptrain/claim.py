@@ -20,17 +20,16 @@ LOCK = ".lock"
 
 
 def is_run(out: Path) -> bool:
-    """A directory adaptrain trained into: its ``config.yaml`` is an adaptrain config (a run
-    killed in its first epoch has nothing else yet)."""
-    from .config import load_config_file
+    """A directory adaptrain trained into: its ``config.yaml`` is a resolved adaptrain config
+    (a run killed in its first epoch has nothing else yet). Only its shape is checked here: a
+    run whose config no longer validates (a file it names was deleted) is still a run."""
+    import yaml
 
-    if not (out / "config.yaml").is_file():
-        return False
     try:
-        load_config_file(out / "config.yaml")
-    except ConfigError:
+        data = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
         return False
-    return True
+    return isinstance(data, dict) and {"epochs", "data", "model", "strategy", "attack"} <= set(data)
 
 
 def check_new(out: Path) -> None:
