@@ -112,3 +112,17 @@ def test_every_objective_gives_per_sample_losses_and_commit_false_keeps_its_stat
         assert torch.equal(v, after[k]) if isinstance(v, torch.Tensor) else v == after[k], (name, k)
     loss.mean().backward()
     assert any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_the_single_step_trait_is_declared_by_exactly_the_attacks_that_take_one_step(name):
+    """Training reads the trait (to watch FGSM accuracy) instead of a list of names: an attack
+    asked for 10 steps forwards the model at most twice (gradient + final check) iff declared."""
+    model, batch = model_and_batch()
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    eps = torch.full((B,), 8 / 255)
+    plan = AttackPlan(eps=eps, step_size=eps / 4, steps=torch.full((B,), 10))
+    ATTACKS.build({"name": name})(model, batch.x, batch.y, plan, generator=torch.Generator().manual_seed(1))
+    hook.remove()
+    assert (len(calls) <= 2) == ATTACKS.get(name).traits.single_step, (name, len(calls))

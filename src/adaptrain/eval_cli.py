@@ -121,7 +121,12 @@ def load_weights_into_model(cfg: Config, weights: Path, device: torch.device) ->
     return model, arrays
 
 
-SAAT_CURVE = "0,2/255,4/255,8/255,12/255,16/255"
+def default_curve(cfg: Config) -> tuple[float, ...]:
+    """The eps-curve a run's strategy asks for by default (its registry traits)."""
+    from .strategies import STRATEGIES
+
+    name = cfg.strategy.get("name")
+    return STRATEGIES.get(name).traits.eval_curve if name in STRATEGIES else ()
 
 
 def integer(value: Any, flag: str, lo: int, hi: int) -> int:
@@ -272,8 +277,8 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
     step = args.step_size if args.step_size is not None else cfg.eval.step_size
     parse_step(step, "--step-size")
     curve_arg = args.eps_curve
-    if curve_arg is None and cfg.strategy.get("name") == "saat":
-        curve_arg = SAAT_CURVE  # SAAT runs report robustness disparity by default
+    if curve_arg is None:  # the strategy's own default (SAAT: robustness disparity)
+        curve_arg = ",".join(str(e) for e in default_curve(cfg))
     curve = _budgets(curve_arg, "--eps-curve", norm)
     parse_spec(args.curve_attack, "--curve-attack", aa_version=aa_version, aa_attacks=aa_attacks)
     parse_step(args.curve_step, "--curve-step")

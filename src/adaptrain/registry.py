@@ -175,6 +175,21 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 Validator = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Traits:
+    """What a component is, declared where it is registered, for the loop and the CLI to read
+    instead of testing names.
+
+    ``single_step``: an attack with one gradient step (training then also records FGSM
+    validation accuracy, the catastrophic-overfitting signal). ``eval_curve``: budgets
+    ([0, 1] units) of the accuracy-vs-eps curve that ``adaptrain eval`` draws by default for
+    runs of this strategy (SAAT reports robustness disparity over them).
+    """
+
+    single_step: bool = False
+    eval_curve: tuple[float, ...] = ()
+
+
 @dataclass
 class Entry(Generic[T]):
     name: str
@@ -191,6 +206,7 @@ class Entry(Generic[T]):
     # training attack's norm; in units of the field ``budget_unit`` names (None: [0, 1] units)
     budgets: tuple[str, ...] = ()
     budget_unit: str | None = None
+    traits: Traits = field(default_factory=Traits)
 
     @cached_property
     def _params(self) -> dict[str, inspect.Parameter]:
@@ -254,16 +270,18 @@ class Registry(Generic[T]):
     def register(
         self, name: str, description: str = "", *, validator: Validator | None = None,
         requires: dict[str, str] | None = None, budgets: tuple[str, ...] = (),
-        budget_unit: str | None = None,
+        budget_unit: str | None = None, traits: Traits | None = None,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator; ``validator``, ``requires``, ``budgets``, ``budget_unit``: see :class:`Entry`."""
+        """Decorator; ``validator``, ``requires``, ``budgets``, ``budget_unit``, ``traits``: see
+        :class:`Entry` and :class:`Traits`."""
 
         def deco(builder: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} registered twice")
             doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
             self._entries[name] = Entry(name, builder, doc, self.injected, validator,
-                                        dict(requires or {}), tuple(budgets), budget_unit)
+                                        dict(requires or {}), tuple(budgets), budget_unit,
+                                        traits or Traits())
             return builder
 
         return deco

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, fileio, recovery, rundir
 from .attacks import ATTACKS, Attack, AttackPlan
-from .attacks.single_step import SINGLE_STEP
 from .awp import AWP
 from .claim import claim
 from .config import INIT_REQUIRED, Config
@@ -262,7 +261,8 @@ def validate(run: Run, epoch: int) -> dict[str, float]:
 
 def watch_fgsm(cfg: Config) -> bool:
     """``eval.fgsm``: on, off, or auto (on when the training attack is single-step)."""
-    return cfg.eval.fgsm == "on" or (cfg.eval.fgsm == "auto" and cfg.attack["name"] in SINGLE_STEP)
+    return cfg.eval.fgsm == "on" or (cfg.eval.fgsm == "auto"
+                                     and ATTACKS.get(cfg.attack["name"]).traits.single_step)
 
 
 def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..component import MAX_MULTIPLE, require, require_in
+from ..registry import Traits
 from .base import ATTACKS, Attack, BNMode, NormName
 from .losses import LossFn
 from .pgd import pgd
@@ -61,15 +62,14 @@ def single_step(
     return pgd(model, x, y, one, generator=generator, loss_fn=loss_fn, final_eval=final_eval)
 
 
-# registry names of the single-step attacks (training watches them for catastrophic overfitting)
-SINGLE_STEP = ("fgsm", "fgsm_rs", "n_fgsm")
+ONE_STEP = Traits(single_step=True)  # training watches these for catastrophic overfitting
 
 
 def _check_bn(bn: str) -> None:
     require(bn in ("eval", "train"), "attack.bn", f"{bn!r}; allowed: eval, train")
 
 
-@ATTACKS.register("fgsm")
+@ATTACKS.register("fgsm", traits=ONE_STEP)
 def fgsm_attack(step: float = 1.0, norm: NormName = "linf", bn: BNMode = "eval") -> Attack:
     """FGSM from zero (Goodfellow et al. 2015): step = ``step`` * eps (default 1.0 * eps)."""
     require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
@@ -78,7 +78,7 @@ def fgsm_attack(step: float = 1.0, norm: NormName = "linf", bn: BNMode = "eval")
                   random_start="auto", bn=bn)
 
 
-@ATTACKS.register("fgsm_rs")
+@ATTACKS.register("fgsm_rs", traits=ONE_STEP)
 def fgsm_rs_attack(step: float = 1.25, norm: NormName = "linf", bn: BNMode = "eval") -> Attack:
     """FGSM-RS (Wong et al. 2020): uniform start in eps, step 1.25 * eps, projected to eps."""
     require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
@@ -87,7 +87,7 @@ def fgsm_rs_attack(step: float = 1.25, norm: NormName = "linf", bn: BNMode = "ev
                   random_start="uniform", bn=bn)
 
 
-@ATTACKS.register("n_fgsm")
+@ATTACKS.register("n_fgsm", traits=ONE_STEP)
 def n_fgsm_attack(k: float = 2.0, step: float = 1.0, norm: NormName = "linf",
                   bn: BNMode = "eval") -> Attack:
     """N-FGSM (de Jorge et al. 2022): noise U(-k eps, k eps) with k 2, step 1.0 * eps, no projection."""

@@ -29,13 +29,15 @@ from ..attacks.plan import AttackPlan
 from ..attacks.sa_pgd import SAPGDSettings
 from ..component import MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
-from ..registry import InfFloat
+from ..registry import InfFloat, Traits
 from .base import STRATEGIES, Strategy
 
 QUANTILES = (0.1, 0.5, 0.9)
+# adaptrain eval's default curve for SAAT runs: the paper's robustness disparity (RD) budgets
+RD_CURVE = Traits(eval_curve=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255))
 
 
-@STRATEGIES.register("saat", requires={"attack": "sa_pgd"})
+@STRATEGIES.register("saat", requires={"attack": "sa_pgd"}, traits=RD_CURVE)
 class SAAT(Strategy):
     """Strength-adaptive AT: per-sample budgets searched by SA-PGD until loss >= rho."""
 
