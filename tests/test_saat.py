@@ -369,17 +369,11 @@ def test_bad_strategy_fields_name_the_field(fields, bad):
     assert err.value.field == bad
 
 
-def test_saat_refuses_an_attack_that_is_not_sa_pgd():
-    model = bn_model()
-    x, y = data()
-    s = strategy()
-    batch = Batch(model, x, y, torch.arange(16), StepInfo(0, 0, 0, 0.1))
-    plan = s.plan(batch)
-    attack = ATTACKS.build({"name": "pgd"})
-    res = attack(model, x, y, plan)
+def test_saat_refuses_an_attack_that_is_not_sa_pgd_before_any_work():
+    # declared on the registry entry (requires), checked by config validation, not in observe
     with pytest.raises(ConfigError) as err:
-        s.observe(Feedback(batch, plan, res, res.loss, None, None, None, attack))
-    assert err.value.field == "attack.name"
+        build_config("saat-up", ["attack.name=pgd"])
+    assert err.value.field == "attack.name" and "sa_pgd" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------

@@ -78,6 +78,14 @@ class AWP:
             p.sub_(v)
         self.diff = None
 
+    def offsets(self) -> dict[int, torch.Tensor]:
+        """The perturbation v now on the weights (between ``perturb`` and ``restore``), by
+        ``id(param)``; empty when none is. A strategy that reasons about the weights the
+        optimiser step will produce (LAS-AT's look-ahead) takes it off: (w + v - lr g) - v."""
+        if self.diff is None:
+            return {}
+        return {id(p): v for (p, _), v in zip(self.pairs, self.diff, strict=True)}
+
     def state_dict(self) -> dict[str, Any]:
         return {}  # the proxy is re-synchronised from the model every batch
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .attacks.engine import frozen_model
+
+if TYPE_CHECKING:  # annotations only: objectives and AWP import this module
+    from .attacks import Attack, AttackPlan, AttackResult
+    from .awp import AWP
+    from .objectives import Objective
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,11 @@ class Feedback:
     """
 
     batch: Batch
-    plan: Any  # AttackPlan
-    result: Any  # AttackResult
+    plan: AttackPlan
+    result: AttackResult
     loss: torch.Tensor  # (B,) per-sample training loss, detached
     logits_adv: torch.Tensor | None  # (B, C) train-mode logits on x_adv when the objective has them
     optimizer: torch.optim.Optimizer
-    objective: Any
-    attack: Any
-    awp: Any = None  # the AWP object when its perturbation is on the weights this step, else None
+    objective: Objective
+    attack: Attack
+    awp: AWP | None = None  # AWP when its perturbation is on the weights this step, else None

@@ -65,18 +65,6 @@ class _Updated(nn.Module):
         return functional_call(self.model, self.params, (x,))
 
 
-def awp_offsets(awp: Any) -> dict[int, torch.Tensor]:
-    """The weight perturbation AWP has added to the model for this step, by ``id(param)``.
-
-    During :meth:`observe` the weights are w + v when AWP is on; the optimiser step is taken
-    there and AWP subtracts v afterwards, so the weights the step really produces are
-    (w + v - lr * g) - v.
-    """
-    if awp is None or getattr(awp, "diff", None) is None:
-        return {}
-    return {id(p): v for (p, _), v in zip(awp.pairs, awp.diff, strict=True)}
-
-
 def check_backbone(backbone: dict[str, Any] | None) -> None:
     """The policy's backbone is a ``model:`` section: its name, fields and ranges, reported as
     ``strategy.backbone.<field>`` (the same spec :func:`build_policy` completes)."""
@@ -313,7 +301,7 @@ class LAS(Strategy):
         if "l2" in need:
             eps, step, steps, restarts = self.reward_attack
             victim = updated if self.reward_model == "updated" else batch.model
-            plan = AttackPlan(eps=eps, step_size=step, steps=steps, norm=getattr(fb.attack, "norm", "linf"),
+            plan = AttackPlan(eps=eps, step_size=step, steps=steps, norm=fb.attack.norm,
                               random_start="uniform", bn="eval", restarts=restarts)
             with torch.enable_grad(), self._autocast():
                 res = pgd(victim, x, y, plan, generator=self.attack_generator, final_eval=True)
@@ -337,11 +325,11 @@ class LAS(Strategy):
         New tensors; the model's parameters, gradients and the optimiser state are only read.
         ``sgd``: w - lr * g. ``optimizer``: the update torch.optim.SGD is about to apply
         (weight decay, momentum buffer, dampening, Nesterov). Parameters without a gradient
-        keep their value. AWP's perturbation v is taken off (see :func:`awp_offsets`).
+        keep their value. AWP's perturbation v is taken off (:meth:`AWP.offsets`).
         """
         model, opt = fb.batch.model, fb.optimizer
         group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-        offsets = awp_offsets(getattr(fb, "awp", None))
+        offsets = fb.awp.offsets() if fb.awp is not None else {}
         out: dict[str, torch.Tensor] = {}
         for name, p in model.named_parameters():
             w = p.detach()

@@ -93,9 +93,6 @@ class SAAT(Strategy):
         self.seen.zero_()
 
     def observe(self, fb: Feedback) -> None:
-        name = getattr(fb.attack, "name", "sa_pgd")
-        require(name == "sa_pgd", "attack.name",
-                f"strategy 'saat' plans SA-PGD; set attack.name=sa_pgd (got {name!r})")
         res, idx = fb.result, fb.batch.idx.to(self.seen.device)
         self.eps_last[idx] = res.info["eps"].float()
         self.loss_last[idx] = res.loss.float()
