@@ -39,10 +39,10 @@ from typing import Any
 from adaptrain.calibrate import spread_subset
 from adaptrain.config import Config, build_config
 from adaptrain.context import Batch, StepInfo
-from adaptrain.eval_cli import load_model
 from adaptrain.evaluate import evaluate_attacks
 from adaptrain.profiling import count_passes
 from adaptrain.rundir import versions
+from adaptrain.runs import load_model
 from adaptrain.train import setup, train, training_loss
 
 CIFAR_EPS = (2 / 255, 5 / 255, 8 / 255)

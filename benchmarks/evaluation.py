@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from adaptrain.eval_cli import load_model
 from adaptrain.evaluate import EvalSettings, evaluate
+from adaptrain.runs import load_model
 
 
 def test_set(run: str, n: int):

@@ -84,7 +84,7 @@ def reference(tmp_path_factory) -> tuple[Path, list[str]]:
     import sklearn.datasets  # noqa: F401 - imported once here, not in every forked child
     import torch._dynamo  # noqa: F401 - (the optimiser imports it lazily: ~3 s)
 
-    import adaptrain.eval_cli  # noqa: F401
+    import adaptrain.cli.eval  # noqa: F401
 
     root = tmp_path_factory.mktemp("crash")
     full, events = root / "full", root / "events.json"

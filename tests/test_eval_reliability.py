@@ -192,7 +192,7 @@ def test_a_missing_or_empty_target_is_one_line(capsys, tmp_path, monkeypatch):
     (("--attacks", ""), "--attacks", "at least one"),
 ])
 def test_bad_flags_are_one_line_before_loading(capsys, tmp_path, monkeypatch, argv, flag, mentions):
-    import adaptrain.eval_cli as eval_cli
+    import adaptrain.cli.eval as eval_cli
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")

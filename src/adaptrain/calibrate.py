@@ -14,18 +14,12 @@ so a bisection sees one fixed function.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import fileio
 from .attacks import AttackPlan
 from .attacks.dra import dra
 from .errors import ConfigError
@@ -156,65 +150,3 @@ def calibrate_dra(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     out["pgd_per_dra"] = found["eps"] / d if d > 0 and found["bracketed"] else None
     out["matched"] = bool(found["matched"] and out["dra"].get("matched", True))
     return out
-
-
-def _number(text: str, flag: str) -> float:
-    """A finite number from the command line (fractions such as 1/255 allowed)."""
-    from .registry import parse_number
-
-    try:
-        value = float(parse_number(text, flag))
-    except (TypeError, ValueError):
-        raise ConfigError(flag, f"expected a number such as 1/255, got {text!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(flag, f"must be finite, got {text!r}")
-    return value
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``adaptrain calibrate-dra TARGET``: load the model, calibrate, write JSON."""
-    from .data import make_splits
-    from .eval_cli import load_model
-    from .rundir import versions
-
-    if args.n < 1:
-        raise ConfigError("--n", f"must be >= 1, got {args.n}")
-    dra_eps = None if args.target_acc is not None else _number(args.dra_eps, "--dra-eps")
-    target_acc = None if args.target_acc is None else float(args.target_acc)
-    if target_acc is not None and not 0.0 <= target_acc <= 1.0:
-        raise ConfigError("--target-acc", f"must be in [0, 1], got {target_acc}")
-    if dra_eps is not None and dra_eps <= 0:
-        raise ConfigError("--dra-eps", f"must be > 0, got {dra_eps}")
-    p = _number(args.p, "--p")
-    if not 0.0 < p <= 1.0:
-        raise ConfigError("--p", f"must be in (0, 1], got {p}")
-    if args.steps < 1:
-        raise ConfigError("--steps", f"must be >= 1, got {args.steps}")
-    model, cfg, arrays, run_dir = load_model(args.target, args.checkpoint, args.config, args.device)
-    if args.split == "test":
-        x, y = arrays.x_test, arrays.y_test
-    else:
-        sp = make_splits(arrays, subset=None, val_size=cfg.data.val_size,
-                         split_seed=cfg.data.split_seed)
-        x, y = sp.x_val, sp.y_val
-    x, y = spread_subset(x, y, args.n)
-    t0 = time.perf_counter()
-    res = calibrate_dra(model, x, y, dra_eps=dra_eps, target_acc=target_acc, p=p,
-                        steps=args.steps, budget=args.budget, pgd_steps=args.pgd_steps,
-                        max_pgd_eps=_number(args.max_pgd_eps, "--max-pgd-eps"),
-                        max_dra_eps=_number(args.max_dra_eps, "--max-dra-eps"), tol=args.tol,
-                        seed=args.seed, batch_size=args.batch_size)
-    res["provenance"] = {**versions(), "target": str(args.target), "checkpoint": args.checkpoint,
-                         "data": cfg.data.name, "split": args.split, "seed": args.seed,
-                         "wall_time_s": round(time.perf_counter() - t0, 3)}
-    dest = Path(args.out) if args.out else (
-        (run_dir / "eval" / "calibrate-dra.json") if run_dir else
-        Path(str(args.target).rstrip("/") + ".calibrate-dra.json"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fileio.write_file(dest, json.dumps(res, indent=2))
-    d, g = res["dra"], res["pgd"]
-    print(f"DRA eps {d['eps_255']:.3f}/255 -> acc {d['acc']:.4f}; PGD eps {g['eps_255']:.3f}/255 "
-          f"-> acc {g['acc']:.4f} (clean {res['clean_acc']:.4f}, n {res['n_examples']}, "
-          f"{'matched' if res['matched'] else 'NOT matched'} within {res['tol']})")
-    print(f"written to {dest}")
-    return 0

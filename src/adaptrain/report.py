@@ -16,7 +16,6 @@ strategy.csv, eval/best.json, eval/last.json) and writes into ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
@@ -254,12 +253,3 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     parts += [f"![{f}]({f})" for f in figures]
     (out / "report.md").write_text("\n".join(parts) + "\n")
     return out / "report.md"
-
-
-def run_report(args: argparse.Namespace) -> int:
-    runs = [Path(p) for p in args.runs]
-    out = Path(args.out) if args.out else runs[0] / "report"
-    path = write_report(runs, out)
-    print(path.read_text(), end="")
-    print(f"written to {path.parent}")
-    return 0

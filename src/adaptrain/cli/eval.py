@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -29,9 +27,11 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, fileio
-from .config import Config, build_config, load_config_file
-from .errors import ConfigError
+from .. import checkpoint, fileio
+from ..config import Config
+from ..errors import ConfigError
+from ..runs import config_for, examples, load_weights_into_model, parse_device
+from .args import budget, choice, integer, items
 
 # Bounds on the integer flags (documented in --help): beyond them a value is a typo.
 MAX_N = 10**9  # examples
@@ -42,149 +42,14 @@ NORMS = ("linf", "l2")
 CORRUPTION_TABLES = ("auto", "cifar", "imagenet")
 CHECKPOINTS = ("best", "last")
 SPLITS = ("test", "val")
-BUDGET_EXAMPLE = "8/255 or 0.03"
-
-def config_for(target: str, config: str | None) -> tuple[Config, Path | None]:
-    """-> (the config the model was trained with, its run directory or None). A config that
-    cannot be found or read is reported against --config."""
-    p = Path(target)
-    run_dir = None
-    if (p / "config.yaml").is_file():
-        run_dir = p
-    elif p.is_dir() and (p.parent.parent / "config.yaml").is_file():
-        run_dir = p.parent.parent
-    if config is not None:
-        if not config.strip():
-            raise ConfigError("--config", "empty; give a preset name or a YAML file")
-        try:
-            return build_config(config), run_dir
-        except ConfigError as exc:
-            if exc.field in ("preset", "base", config):
-                raise ConfigError("--config", exc.message) from None
-            raise
-    if run_dir is not None:
-        return load_config_file(run_dir / "config.yaml"), run_dir
-    raise ConfigError("--config", f"{target} is not inside a run directory; give the preset "
-                      "or YAML it was trained with (--config NAME_OR_YAML)")
-
-
-def locate(target: str, which: str, config: str | None) -> tuple[Path, Config, Path | None]:
-    """-> (weights path, config, run directory or None)."""
-    cfg, run_dir = config_for(target, config)
-    return checkpoint.resolve(Path(target), which), cfg, run_dir
-
-
-def parse_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps, checked against this machine before anything loads."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError("--device", "'mps' requested but no Apple GPU is available to torch "
-                              "here; use --device cpu (or auto)")
-        return torch.device("mps")
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if m is None:
-        raise ConfigError("--device", f"unknown {name!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device", f"{name!r} requested but CUDA is not available on this "
-                          "machine; use --device cpu (or auto)")
-    count = torch.cuda.device_count()
-    if m.group(1) is not None and int(m.group(1)) >= count:
-        raise ConfigError("--device", f"{name!r}: this machine has {count} CUDA device(s), "
-                          f"cuda:0 .. cuda:{count - 1}")
-    return torch.device(name)
-
-
-def load_model(target: str, which: str = "best", config: str | None = None,
-               device: str = "auto") -> tuple[torch.nn.Module, Config, Any, Path | None]:
-    weights, cfg, run_dir = locate(target, which, config)
-    model, arrays = load_weights_into_model(cfg, weights, parse_device(device))
-    return model, cfg, arrays, run_dir
-
-
-def load_weights_into_model(cfg: Config, weights: Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    """Build the config's model on ``device``, load ``weights``, eval mode; refuse NaN / inf."""
-    from .data import load_arrays
-    from .evaluate.guards import check_finite
-    from .models import build_model
-
-    arrays = load_arrays(cfg.data.name, cfg.data.root, cfg.data.download)
-    model = build_model(cfg.model, arrays.spec).to(device)
-    checkpoint.load_into(model, weights)
-    model.eval()
-    check_finite(model)
-    return model, arrays
 
 
 def default_curve(cfg: Config) -> tuple[float, ...]:
     """The eps-curve a run's strategy asks for by default (its registry traits)."""
-    from .strategies import STRATEGIES
+    from ..strategies import STRATEGIES
 
     name = cfg.strategy.get("name")
     return STRATEGIES.get(name).traits.eval_curve if name in STRATEGIES else ()
-
-
-def integer(value: Any, flag: str, lo: int, hi: int) -> int:
-    """An integer flag in [lo, hi]; '1e3' is 1000, '1.5', 'nan' and '1e309' are refused."""
-    v = value if isinstance(value, int) and not isinstance(value, bool) else _to_int(value, flag)
-    if v < lo:
-        raise ConfigError(flag, f"must be >= {lo}, got {value!r}")
-    if v > hi:
-        raise ConfigError(flag, f"must be <= {hi}, got {value!r}")
-    return v
-
-
-def _to_int(value: Any, flag: str) -> int:
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        f = float(text)
-    except ValueError:
-        f = math.nan
-    if isinstance(value, bool) or not math.isfinite(f) or f != int(f):
-        raise ConfigError(flag, f"expected a finite integer, got {value!r}")
-    return int(f)
-
-
-def choice(value: Any, flag: str, allowed: tuple[str, ...]) -> str:
-    """One of ``allowed`` exactly (checked here rather than by argparse, whose refusal is a
-    usage block and a SystemExit instead of one line)."""
-    if value not in allowed:
-        raise ConfigError(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
-    return str(value)
-
-
-def items(text: str, flag: str, example: str) -> list[str]:
-    """A comma list without empty entries ('a,,b' may hide a lost value); blank text is []."""
-    if not str(text).strip():
-        return []
-    parts = [p.strip() for p in str(text).split(",")]
-    if not all(parts):
-        raise ConfigError(flag, f"empty entry in {text!r}; write e.g. {example}")
-    return parts
-
-
-def budget(text: Any, flag: str, norm: str | None) -> float:
-    """A budget in image units: finite, >= 0 and, for linf, at most 1 (the whole [0, 1] box)."""
-    from .evaluate.specs import parse_real
-
-    v = float(text) if isinstance(text, (int, float)) else parse_real(text, flag, BUDGET_EXAMPLE)
-    if not math.isfinite(v):
-        raise ConfigError(flag, f"must be finite, got {text!r}")
-    if v < 0:
-        raise ConfigError(flag, f"budgets must be >= 0, got {text!r}")
-    if norm == "linf" and v > 1:
-        raise ConfigError(flag, f"must be <= 1 for linf: budgets are in [0, 1] image units (write "
-                          f"8/255, not 8), got {text!r}")
-    return v
 
 
 def _budgets(text: str | None, where: str, norm: str | None = None) -> list[float]:
@@ -208,7 +73,7 @@ def _severities(text: str) -> list[int]:
 
 
 def _corruptions(text: str | None) -> list[str]:
-    from .corruptions import CORRUPTIONS, GROUPS
+    from ..corruptions import CORRUPTIONS, GROUPS
 
     out: list[str] = []
     for item in items(text or "", "--corruptions", "noise,blur or all"):
@@ -225,7 +90,7 @@ def _corruptions(text: str | None) -> list[str]:
 
 
 def _aa_attacks(args: argparse.Namespace, aa_version: str) -> tuple[str, ...] | None:
-    from .evaluate.specs import AA_SUBATTACKS
+    from ..evaluate.specs import AA_SUBATTACKS
 
     if args.aa_attacks is None:
         return None
@@ -256,7 +121,7 @@ def _norm(args: argparse.Namespace, cfg: Config | None) -> str | None:
 def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
     """EvalSettings from the command line; ``cfg`` (the run's config) supplies the defaults of
     eps, step and norm. Called once without it to refuse bad arguments before anything is read."""
-    from .evaluate import EvalSettings, parse_list, parse_spec, parse_step
+    from ..evaluate import EvalSettings, parse_list, parse_spec, parse_step
 
     aa_version = choice(args.aa_version, "--aa-version", AA_VERSIONS)
     aa_attacks = _aa_attacks(args, aa_version)
@@ -343,29 +208,10 @@ def hold_destination(stack: ExitStack, dest: Path) -> None:
         raise ConfigError("--out", f"cannot write to {dest.parent}: {exc.strerror or exc}") from None
 
 
-def examples(args: argparse.Namespace, cfg: Config, arrays: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` examples of the split (all of them, said in one line, if it is smaller)."""
-    from .data import make_splits
-
-    if args.split == "test":
-        x, y = arrays.x_test, arrays.y_test
-    else:
-        sp = make_splits(arrays, subset=None, val_size=cfg.data.val_size,
-                         split_seed=cfg.data.split_seed)
-        x, y = sp.x_val, sp.y_val
-    have = int(y.shape[0])
-    if have == 0:
-        raise ConfigError("--split", f"the {args.split} split of {cfg.data.name} is empty (the run's "
-                          f"data.val_size is {cfg.data.val_size}); use --split test")
-    if n > have:
-        print(f"note: the {args.split} split has {have} examples; evaluating all of them (--n {n})")
-    return x[:n], y[:n]
-
-
 def write_results(dest: Path, doc: dict[str, Any], label: str) -> str:
     """JSON, markdown and (with a curve) the plot, each written atomically; -> the markdown."""
-    from .evaluate import plot_curves
-    from .evaluate.results import to_markdown
+    from ..evaluate import plot_curves
+    from ..evaluate.results import to_markdown
 
     md = to_markdown(doc)
     try:
@@ -380,7 +226,7 @@ def write_results(dest: Path, doc: dict[str, Any], label: str) -> str:
     return md
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``adaptrain eval``: every check that can fail runs before the evaluation does, cheapest
     first, so a mistake never costs the evaluation's hours (see the module docstring)."""
     settings_from_args(args)  # bad arguments stop here, before anything is read
@@ -391,7 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
     dest = destination(args, run_dir)
     check_writable(dest)
     model, arrays = load_weights_into_model(cfg, weights, device)
-    x, y = examples(args, cfg, arrays, integer(args.n, "--n", 1, MAX_N))
+    x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N))
     with ExitStack() as stack:
         hold_destination(stack, dest)
         return _evaluate_into(args, cfg, settings, model, x, y, dest)
@@ -400,11 +246,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
                    x: torch.Tensor, y: torch.Tensor, dest: Path) -> int:
     """The evaluation proper, under the destination's lock; resumable from the state file."""
-    from .evaluate import checks as checks_mod
-    from .evaluate import evaluate
-    from .evaluate.aa import version as aa_version
-    from .evaluate.results import json_ready
-    from .rundir import versions
+    from ..evaluate import checks as checks_mod
+    from ..evaluate import evaluate
+    from ..evaluate.aa import version as aa_version
+    from ..evaluate.results import json_ready
+    from ..rundir import versions
 
     state_path = dest.with_name(dest.stem + ".state.json")
     if args.fresh:
@@ -435,8 +281,10 @@ def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch
     return 0
 
 
-def add_arguments(e: argparse.ArgumentParser) -> None:
-    from .evaluate.specs import HELP
+def add_parser(sub: Any) -> None:
+    e = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    e.set_defaults(fn=run)
+    from ..evaluate.specs import HELP
 
     e.add_argument("target", help="run directory, checkpoint directory or weights file")
     e.add_argument("--attacks", default="clean,pgd-20",

@@ -1,0 +1,76 @@
+"""``adaptrain train PRESET [key=value ...] --out RUN`` and ``adaptrain train --resume RUN [epochs=N]``.
+
+A new run needs a new or empty ``--out``; a resume may change only ``epochs`` (extending a
+run); ``--dry-run`` checks everything and prints the resolved config without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+RESUMABLE = ("epochs",)  # fields a resume may change: the rest would break exact continuation
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..claim import check_new, check_resumable
+    from ..train import check_init, train
+
+    if args.resume:
+        out = Path(args.resume)
+        overrides = list(args.overrides)
+        if args.preset:  # argparse reads the first key=value after --resume RUN as the preset
+            if "=" not in args.preset:
+                raise ConfigError("--resume", f"give no preset with --resume (the run's config.yaml "
+                                  f"is its config), got {args.preset!r}")
+            overrides.insert(0, args.preset)
+        check_resumable(out)
+        cfg = resume_config(out, overrides)
+        preset, resume = "", True
+    else:
+        if not args.preset:
+            raise ConfigError("preset", "give a preset name or YAML file (see `adaptrain presets`)")
+        if not args.out:
+            raise ConfigError("--out", "required: the run directory to write")
+        from ..config import build_config
+
+        cfg = build_config(args.preset, args.overrides)
+        out = Path(args.out)
+        check_new(out)
+        preset, resume = args.preset, False
+    check_init(cfg)
+    if args.dry_run:
+        print(cfg.dump(), end="")
+        print(f"# dry run: the config above is valid; nothing was written to {out}", file=sys.stderr)
+        return 0
+    train(cfg, out, resume=resume, preset=preset, progress=None if not args.quiet else False)
+    print(f"run written to {out}")
+    return 0
+
+
+def resume_config(out: Path, overrides: list[str]):
+    """The run's config with the resume overrides (only RESUMABLE fields), validated."""
+    from ..config import _merge, _read_yaml, config_from_dict, parse_overrides
+
+    over = parse_overrides(overrides)
+    changed = sorted(set(over) - set(RESUMABLE))
+    if changed:
+        raise ConfigError(changed[0], f"cannot be changed when resuming (only {', '.join(RESUMABLE)} "
+                          "can); start a new run to change it")
+    return config_from_dict(_merge(_read_yaml(out / "config.yaml"), over))
+
+
+def add_parser(sub: Any) -> None:
+    t = sub.add_parser("train", help="train a preset or YAML config")
+    t.add_argument("preset", nargs="?", help="preset name (see `adaptrain presets`) or YAML path")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=2 model.width=16")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--dry-run", action="store_true",
+                   help="check the config and --out, print the resolved config, write nothing")
+    t.set_defaults(fn=run)
