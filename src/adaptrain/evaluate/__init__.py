@@ -8,33 +8,23 @@ attack code as ``adaptrain eval``, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..attacks import engine
 from .curve import plot_curves, robustness_disparity
-from .guards import EvaluationError, eval_mode
+from .guards import EvaluationError
 from .runner import EvalSettings, Evaluator, evaluate
 from .specs import AttackSpec, parse_list, parse_spec, parse_step
 from .state import EvalState
 
 __all__ = [
-    "AttackSpec", "EvalSettings", "EvalState", "EvaluationError", "attack_correct", "batches",
-    "eval_mode", "evaluate", "evaluate_attacks", "parse_list", "parse_spec", "parse_step",
-    "plot_curves", "predict", "robustness_disparity",
+    "AttackSpec", "EvalSettings", "EvalState", "EvaluationError", "attack_correct",
+    "evaluate", "evaluate_attacks", "parse_list", "parse_spec", "parse_step",
+    "plot_curves", "robustness_disparity",
 ]
-
-
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
-            ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Yield (slice, x float [0,1] on device, y on device); x may be uint8 or float."""
-    for start in range(0, x.shape[0], batch_size):
-        sl = slice(start, min(start + batch_size, x.shape[0]))
-        xb = x[sl].to(device, non_blocking=True)
-        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
-        yield sl, xb, y[sl].to(device, non_blocking=True)
 
 
 def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str],
@@ -57,13 +47,6 @@ def evaluate_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks
             alive, _ = ev.entry("", spec, clean, eps, step_size)
             out[spec.name] = alive
     return out
-
-
-def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
-            device: torch.device | None = None) -> torch.Tensor:
-    """(N,) bool: clean correctness, in eval mode."""
-    return evaluate_attacks(model, x, y, ["clean"], eps=0.0, step_size=0.0,
-                            batch_size=batch_size, device=device)["clean"]
 
 
 def attack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: str, *,

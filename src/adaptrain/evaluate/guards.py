@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -24,18 +22,6 @@ from ..errors import AdaptrainError
 
 class EvaluationError(AdaptrainError):
     """The model or the data cannot be evaluated as given."""
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module in eval mode for the duration; modes restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def assert_eval_mode(model: nn.Module, where: str) -> None:
