@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,22 @@ if TYPE_CHECKING:  # annotations only: objectives and AWP import this module
     from .attacks import Attack, AttackPlan, AttackResult
     from .awp import AWP
     from .objectives import Objective
+
+
+class Stream(IntEnum):
+    """Every random stream of a run, in one table: ``RunContext.generator(Stream.X)`` is seeded
+    with ``seed * 1_000_003 + X``. A stream per role keeps one component's draws independent
+    of another's (adding a regulariser must not change the loader's order); a new role takes
+    a new number here."""
+
+    LOADER = 1  # shuffling and augmentation
+    ATTACK = 2  # the training attack's random starts
+    ECAS = 105  # ECAS's per-sample budget draws
+    UIAT_INIT = 107  # UIAT's class perturbations z_c at initialisation
+    GRADALIGN = 131  # GradAlign's eta
+    LAS_SAMPLE = 180  # LAS-AT's action sampling
+    LAS_REWARD_ATTACK = 181  # LAS-AT's reward attack
+    LAS_INIT = 182  # LAS-AT's policy initialisation (seeds torch's global RNG inside a fork)
 
 
 @dataclass(frozen=True)
@@ -37,10 +54,13 @@ class RunContext:
     lr_at: Callable[[float], float] = lambda t: 0.0  # lr at fractional epoch t
     first_decay_epoch: int | None = None  # first epoch whose lr is below the peak (None: no decay)
 
-    def generator(self, offset: int) -> torch.Generator:
-        """A generator on the run's device seeded from the run seed; ``offset`` keeps roles apart."""
+    def seed_of(self, stream: Stream) -> int:
+        return self.seed * 1_000_003 + int(stream)
+
+    def generator(self, stream: Stream) -> torch.Generator:
+        """A generator on the run's device for one role (see :class:`Stream`)."""
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + offset)
+        g.manual_seed(self.seed_of(stream))
         return g
 
 

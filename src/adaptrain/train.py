@@ -23,7 +23,7 @@ from .attacks import ATTACKS, Attack, AttackPlan
 from .awp import AWP
 from .claim import claim
 from .config import INIT_REQUIRED, Config
-from .context import Batch, Feedback, RunContext, StepInfo
+from .context import Batch, Feedback, RunContext, StepInfo, Stream
 from .data import BatchLoader, load_arrays, make_splits
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
@@ -104,7 +104,8 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run
     if augment == "auto":
         augment = "crop_flip" if min(spec.image_size) >= 32 else "none"
     ctx_probe = RunContext(0, 0, (0, 0, 0), 1, 1, device, cfg.seed)
-    generators = {"loader": ctx_probe.generator(1), "attack": ctx_probe.generator(2)}
+    generators = {"loader": ctx_probe.generator(Stream.LOADER),
+                  "attack": ctx_probe.generator(Stream.ATTACK)}
     loader = BatchLoader(splits.x_train, splits.y_train, batch_size=cfg.data.batch_size,
                          device=device, shuffle=True, augment=augment,
                          generator=generators["loader"], drop_last=False)

@@ -58,11 +58,10 @@ from ..attacks.inverse import (
 )
 from ..attacks.plan import AttackPlan
 from ..component import MAX_EPOCHS, MAX_STEPS, MAX_WEIGHT, require, require_in
-from ..context import Batch, RunContext, clean_cache_key
+from ..context import Batch, RunContext, Stream, clean_cache_key
 from .base import OBJECTIVES, Objective
 
 Z_INIT_SCALE = 0.001  # Algorithm 1: z_c ~ 0.001 * N(0, 1)
-GENERATOR_OFFSET = 107  # ctx.generator offset for the z initialisation (loader 1, attack 2)
 
 
 def kl_from_target(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -138,7 +137,7 @@ class UIAT(Objective):
         self.p_valid = torch.zeros(ctx.num_train, dtype=torch.bool, device=device)
         keys = ["p", "p_valid"]
         if inverse == "universal":
-            g = ctx.generator(GENERATOR_OFFSET)
+            g = ctx.generator(Stream.UIAT_INIT)
             self.z = Z_INIT_SCALE * torch.randn((ctx.num_classes, *ctx.input_shape), generator=g,
                                                 device=device)
             keys.append("z")

@@ -26,11 +26,10 @@ from torch import nn
 
 from ..attacks.plan import AttackPlan
 from ..component import MAX_WEIGHT, require_in
-from ..context import Batch, RunContext
+from ..context import Batch, RunContext, Stream
 from ..threat import clip_box, random_delta
 from .base import REGULARIZERS, Regularizer
 
-_GENERATOR_OFFSET = 131  # unique among the run's generators (loader 1, attack 2)
 _TINY = 1e-12
 
 
@@ -75,7 +74,7 @@ class GradAlign(Regularizer):
         require_in(lam, "regularizer.lam", 0, MAX_WEIGHT, why="a loss weight")
         self.lam = lam
         self.detach_clean = detach_clean
-        self.generator = ctx.generator(_GENERATOR_OFFSET) if ctx is not None else None
+        self.generator = ctx.generator(Stream.GRADALIGN) if ctx is not None else None
 
     def noise(self, batch: Batch, plan: AttackPlan) -> torch.Tensor:
         """The batch's eta (B, C, H, W), drawn once per batch with x + eta kept in [0, 1]."""

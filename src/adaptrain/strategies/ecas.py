@@ -45,13 +45,12 @@ from .. import checkpoint
 from ..attacks.engine import frozen_model
 from ..attacks.plan import AttackPlan
 from ..component import MAX_MULTIPLE, MAX_STEPS, require, require_in
-from ..context import Batch, RunContext
+from ..context import Batch, RunContext, Stream
 from ..errors import CheckpointError, ConfigError
 from ..registry import PathOf
 from .base import STRATEGIES, Strategy
 from .budget_schedules import budget_list, scheduled_budget
 
-GENERATOR_OFFSET = 105  # ctx.generator offset of ECAS's draws (loader 1, attack 2)
 # (h_high, h_low) in nats from the authors' code, per data set name
 DATASET_THRESHOLDS = {"cifar10": (2.274, 1.3), "cifar100": (4.582, 3.35)}
 # the CIFAR-10 values as fractions of ln C, for every other data set
@@ -158,7 +157,7 @@ class ECAS(Strategy):
         device = ctx.device
         self.budget_t = torch.tensor(self.budgets, dtype=torch.int64, device=device)
         self.large_t = self.budget_t[-n_large:].clone()
-        self.generator = ctx.generator(GENERATOR_OFFSET)
+        self.generator = ctx.generator(Stream.ECAS)
         self.batch_count = 0
         self._reset_telemetry()
 

@@ -40,7 +40,7 @@ from ..attacks.engine import frozen_model
 from ..attacks.pgd import pgd
 from ..attacks.plan import AttackPlan
 from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, require, require_in
-from ..context import Batch, Feedback, RunContext
+from ..context import Batch, Feedback, RunContext, Stream
 from ..errors import ConfigError
 from ..models import MODELS
 from .base import STRATEGIES, Strategy
@@ -49,8 +49,6 @@ from .las_policy import DEFAULT_BACKBONE, build_policy, log_prob_and_entropy, re
 TERMS = ("l1", "l2", "l3")
 MAX_K = 100_000  # batches between policy updates
 MAX_CLIP = 1e6  # policy gradient-norm clip (0: off)
-# generator offsets (see RunContext.generator): loader 1, attack 2; LAS-AT 180-182
-_SAMPLE_OFFSET, _REWARD_ATTACK_OFFSET, _INIT_OFFSET = 180, 181, 182
 
 
 class _Updated(nn.Module):
@@ -168,13 +166,13 @@ class LAS(Strategy):
 
         # the policy's initial weights come from the run seed without touching the global RNG
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed * 1_000_003 + _INIT_OFFSET)
+            torch.manual_seed(ctx.seed_of(Stream.LAS_INIT))
             heads = {name: len(opts) for name, opts in self.options.items()}
             self.policy = build_policy(backbone, ctx.input_shape, heads).to(dev)
         self.optimizer = torch.optim.SGD(self.policy.parameters(), lr=policy_lr,
                                          momentum=policy_momentum, weight_decay=policy_weight_decay)
-        self.generator = ctx.generator(_SAMPLE_OFFSET)
-        self.attack_generator = ctx.generator(_REWARD_ATTACK_OFFSET)
+        self.generator = ctx.generator(Stream.LAS_SAMPLE)
+        self.attack_generator = ctx.generator(Stream.LAS_REWARD_ATTACK)
         self.baseline = torch.zeros((), device=dev)
         self.baseline_ready = False
         self.t = 0  # target steps seen (plan + observe pairs)
