@@ -15,7 +15,7 @@ from adaptrain import checkpoint
 from adaptrain import train as train_mod
 from adaptrain.attacks import ATTACKS
 from adaptrain.config import build_config, preset_names
-from adaptrain.context import Batch, RunContext, StepInfo
+from adaptrain.context import Batch, Cached, CacheKey, RunContext, StepInfo
 from adaptrain.data import load_arrays
 from adaptrain.errors import ConfigError
 from adaptrain.models import build_model
@@ -47,7 +47,7 @@ def logit_batch(logits: torch.Tensor, epoch: int = 0, i: int = 0) -> Batch:
     B = logits.shape[0]
     return Batch(model=None, x=torch.zeros(B, 1, 1, 1), y=torch.zeros(B, dtype=torch.int64),
                  idx=torch.arange(B), step=StepInfo(epoch, i, 0, 0.1),
-                 cache={"clean_logits": logits})
+                 cache={CacheKey(Cached.CLEAN_LOGITS): logits})
 
 
 def budgets_of(strategy: ECAS, batch: Batch) -> torch.Tensor:

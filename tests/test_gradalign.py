@@ -12,6 +12,7 @@ from adaptrain.context import Batch, RunContext, StepInfo
 from adaptrain.errors import ConfigError
 from adaptrain.profiling import count_passes
 from adaptrain.regularizers import REGULARIZERS
+from adaptrain.regularizers.gradalign import ETA
 from adaptrain.threat import norm as lp
 
 CTX = RunContext(16, 5, (3, 4, 4), 1, 1, torch.device("cpu"), 0)
@@ -118,7 +119,7 @@ def test_eta_is_inside_each_samples_eps_and_drawn_once_per_batch():
     second = reg.term(model, batch, batch.x, plan)
     assert torch.equal(reg.generator.get_state(), state)  # the second call drew nothing
     assert torch.allclose(first, second)
-    eta = batch.cache["gradalign_eta"]
+    eta = batch.cache[ETA]
     assert (lp(eta, "linf") <= eps + 1e-7).all() and (lp(eta, "linf")[1:] > 0.5 * eps[1:]).all()
     assert ((batch.x + eta) >= 0).all() and ((batch.x + eta) <= 1).all()
     assert first[0].item() == pytest.approx(0.0, abs=1e-6)  # eps 0: the same point twice

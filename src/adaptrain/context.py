@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -64,6 +64,23 @@ class RunContext:
         return g
 
 
+class Cached(Enum):
+    """What a batch caches so that several components share one computation."""
+
+    CLEAN_LOGITS = "clean_logits"  # (B, C) float, no grad: ECAS's entropy, TRADES's KL reference
+    CLEAN_FEATURES = "clean_features"  # (B, D) float, no grad: UIAT's feature term
+    UIAT_TARGETS = "uiat_targets"  # UIAT's KL targets, shared by AWP's proxy and the real step
+    GRADALIGN_ETA = "gradalign_eta"  # GradAlign's random point, the same for proxy and real step
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """A typed key of ``Batch.cache``: what, and in which BatchNorm mode it was computed."""
+
+    what: Cached
+    bn: str = "eval"
+
+
 @dataclass
 class StepInfo:
     epoch: int  # 0-based
@@ -81,13 +98,13 @@ class Batch:
     y: torch.Tensor
     idx: torch.Tensor
     step: StepInfo
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[CacheKey, Any] = field(default_factory=dict)
 
     def clean_logits(self, bn: str = "eval") -> torch.Tensor:
         """Clean logits (B, C), computed once per batch and BatchNorm mode (``eval``: running
         statistics; ``batch``: the batch's own, see :func:`frozen_model`) without gradients and
         without changing BatchNorm statistics."""
-        key = clean_cache_key("clean_logits", bn)
+        key = CacheKey(Cached.CLEAN_LOGITS, bn)
         if key not in self.cache:
             if _has_features(self.model):
                 self.clean_features(bn)  # the same forward, keeping the features for UIAT
@@ -100,17 +117,15 @@ class Batch:
         """Clean penultimate features (B, D) (``model.features``) in BatchNorm mode ``bn``, from
         the same no-grad forward that fills :meth:`clean_logits` (logits =
         ``model.head(features)``)."""
-        key = clean_cache_key("clean_features", bn)
+        key = CacheKey(Cached.CLEAN_FEATURES, bn)
         if key not in self.cache:
             with torch.no_grad(), frozen_model(self.model, bn):
                 feats = self.model.features(self.x)
                 self.cache[key] = feats.float()
-                self.cache.setdefault(clean_cache_key("clean_logits", bn), self.model.head(feats).float())
+                self.cache.setdefault(CacheKey(Cached.CLEAN_LOGITS, bn), self.model.head(feats).float())
         return self.cache[key]
 
 
-def clean_cache_key(name: str, bn: str) -> str:
-    return name if bn == "eval" else f"{name}@{bn}"
 
 
 def _has_features(model: nn.Module) -> bool:

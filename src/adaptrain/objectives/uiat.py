@@ -58,7 +58,7 @@ from ..attacks.inverse import (
 )
 from ..attacks.plan import AttackPlan
 from ..component import MAX_EPOCHS, MAX_STEPS, MAX_WEIGHT, require, require_in
-from ..context import Batch, RunContext, Stream, clean_cache_key
+from ..context import Batch, Cached, CacheKey, RunContext, Stream
 from .base import OBJECTIVES, Objective
 
 Z_INIT_SCALE = 0.001  # Algorithm 1: z_c ~ 0.001 * N(0, 1)
@@ -86,7 +86,7 @@ class UIAT(Objective):
     """(U)IAT: CE(f(x_adv)) + lam * KL(p || f(x_adv)), p from inverse adversaries (Eq. 7)."""
 
     attack_loss = "ce"
-    CACHE_KEY = "uiat"
+    CACHE_KEY = CacheKey(Cached.UIAT_TARGETS)
 
     def __init__(self, ctx: RunContext, inverse: Literal["instance", "universal"] = "universal",
                  lam: float | None = None, beta: float = 1.0, eps_inv: float = 4 / 255,
@@ -255,7 +255,7 @@ class UIAT(Objective):
             s[6] += F.cross_entropy(t.inverse.logits, y, reduction="sum")
             s[7] += (t.inverse.logits.argmax(1) == y).sum()
         # only when some component paid for it; in the targets' BatchNorm mode
-        clean = batch.cache.get(clean_cache_key("clean_logits", self.target_bn))
+        clean = batch.cache.get(CacheKey(Cached.CLEAN_LOGITS, self.target_bn))
         if clean is not None:
             s[8] += n
             s[9] += F.cross_entropy(clean, y, reduction="sum")

@@ -26,11 +26,12 @@ from torch import nn
 
 from ..attacks.plan import AttackPlan
 from ..component import MAX_WEIGHT, require_in
-from ..context import Batch, RunContext, Stream
+from ..context import Batch, Cached, CacheKey, RunContext, Stream
 from ..threat import clip_box, random_delta
 from .base import REGULARIZERS, Regularizer
 
 _TINY = 1e-12
+ETA = CacheKey(Cached.GRADALIGN_ETA)  # the batch's eta, shared by AWP's proxy and the real step
 
 
 def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
@@ -78,11 +79,11 @@ class GradAlign(Regularizer):
 
     def noise(self, batch: Batch, plan: AttackPlan) -> torch.Tensor:
         """The batch's eta (B, C, H, W), drawn once per batch with x + eta kept in [0, 1]."""
-        if "gradalign_eta" not in batch.cache:
+        if ETA not in batch.cache:
             eps, _, _ = plan.tensors(batch.x.shape[0], batch.x.device)
             eta = random_delta(batch.x, eps, plan.norm or "linf", "uniform", self.generator)
-            batch.cache["gradalign_eta"] = clip_box(batch.x, eta)
-        return batch.cache["gradalign_eta"]
+            batch.cache[ETA] = clip_box(batch.x, eta)
+        return batch.cache[ETA]
 
     def term(self, model: nn.Module, batch: Batch, x_adv: torch.Tensor, plan: AttackPlan, *,
              commit: bool = True) -> torch.Tensor | None:
