@@ -1,8 +1,11 @@
-"""Objects the training loop hands to strategies and objectives.
+"""Objects the training loop hands to strategies, objectives and regularisers.
 
-:class:`RunContext` is fixed for a run (sizes, schedule, seed); :class:`Batch` is one training
-step's data plus a cache of the clean eval-mode logits, so that a strategy (ECAS's entropy)
-and an objective (TRADES's KL reference) share one clean forward pass.
+:class:`RunContext` is fixed for a run (sizes, lr schedule, seed) and numbers its random
+streams (:class:`Stream`). :class:`Batch` is one step's data — x (B, C, H, W) in [0, 1], y
+(B,), idx (B,) loader indices — plus a cache under typed keys (:class:`CacheKey`): the clean
+logits / features per BatchNorm mode are computed once, so a strategy (ECAS's entropy), an
+objective (TRADES's KL reference, UIAT's targets) and AWP's proxy pass share one forward.
+:class:`Feedback` is what a strategy observes after the backward pass, before the step.
 """
 
 from __future__ import annotations
