@@ -163,6 +163,28 @@ def test_per_sample_steps_from_the_plan_when_attack_steps_is_null():
     torch.testing.assert_close(res.x_adv[3:4], ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_a_samples_x_dra_does_not_depend_on_the_rest_of_its_batch(bn):
+    # sample 0 takes T = 2 steps, the 31 others T = 5. Rows the engine still forwards after a
+    # sample froze -- padding of the compacted batch (32 rows: quantum 2) under ``eval``, every
+    # row under ``train`` (masking) -- must not re-rank its coordinates. A BatchNorm-free ReLU
+    # network (``train`` changes nothing but the engine's masking) whose gradient ranking moves
+    # between iterates (a linear model's hardly does)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, 5))
+    x, y = data(n=32, shape=(3, 8, 8))
+    eps = torch.full((32,), 8 / 255)
+    steps = torch.tensor([2] + [5] * 31)
+    attack = ATTACKS.build({"name": "dra", "p": 1 / 3, "steps": None, "bn": bn})
+    together = attack(model, x, y, attack.resolve(plan(eps, steps)))
+    alone = attack(model, x[:1], y[:1], attack.resolve(plan(eps[:1], steps[:1])))
+    moved = int(((together.x_adv[:1] != x[:1]) != (alone.x_adv != x[:1])).sum())
+    assert moved == 0, f"{moved} coordinates kept in one case and reset in the other"
+    torch.testing.assert_close(together.x_adv[:1], alone.x_adv, rtol=0, atol=1e-6)
+    ref, _, _ = reference_dra(model, x[:1], y[:1], eps[:1], 2, 1 / 3)
+    torch.testing.assert_close(alone.x_adv, ref, rtol=0, atol=1e-6)
+
+
 def small_bn_model() -> nn.Module:
     spec = DataSpec("t", 5, 3, (8, 8), (0.5,) * 3, (0.25,) * 3)
     torch.manual_seed(0)

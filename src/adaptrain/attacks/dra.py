@@ -23,7 +23,8 @@ the same robust accuracy on a given model.
 
 Ranking: Algorithm 1 ranks by "grad_x L(x_t*, y)", a single iterate's gradient; we use the
 gradient at the last iterate the engine evaluated for each sample (the one that made its
-final step), which costs no extra pass. ``rank="accumulated"`` ranks by |x_T - x| instead
+final step; passes over it once frozen, as padding or under masking, do not count), which
+costs no extra pass. ``rank="accumulated"`` ranks by |x_T - x| instead
 (the sum of the normalised steps). Only the plan's eps matters; the plan's ``step_size`` is
 ignored (alpha = budget / T) and its ``steps`` act as a gate (0: the sample is returned
 unchanged, no passes) unless ``attack.steps`` is null, in which case they are T.
@@ -152,9 +153,13 @@ def _steps_and_mask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: At
     score = torch.zeros_like(x)
 
     def record_gradient(xs: torch.Tensor, new: torch.Tensor, grad: torch.Tensor,
-                        rows: torch.Tensor) -> torch.Tensor:
-        # each evaluated row's latest gradient; a row that stops here keeps the one at its end
-        score.index_copy_(0, rows, grad.abs().to(score.dtype))
+                        rows: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        # the gradient at each active row's current iterate, so a row keeps the one at the
+        # iterate where it made its last step (or a stop rule froze it). Rows forwarded while
+        # frozen (padding, masking under bn=train) keep theirs: a sample's kept coordinates
+        # must not depend on the other samples of its batch
+        fresh = torch.where(bcast(act, grad), grad.abs().to(score.dtype), score[rows])
+        score.index_copy_(0, rows, fresh)
         return new
 
     def rule(value, dtype=torch.float32):

@@ -36,6 +36,8 @@ from .plan import AttackResult
 # pay that planning over and over (docs/las.md measures the difference).
 WIDTHS = 16
 EpsSchedule = Callable[[int], torch.Tensor]  # iteration t -> (B,) budget in effect at step t
+# (x_rows, delta_rows, grad_rows, rows, active_rows) -> delta_rows, see :func:`run`
+PostStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @contextmanager
@@ -82,7 +84,7 @@ def run(
     stop_misclassified: torch.Tensor | None = None,
     compact: bool = True,
     final_eval: bool = False,
-    post_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    post_step: PostStep | None = None,
 ) -> AttackResult:
     """Run the iterative attack from ``delta`` (B, C, H, W). The model must already be in the
     attack mode (:func:`frozen_model`); the caller owns the random start.
@@ -92,8 +94,12 @@ def run(
     stop_loss / stop_misclassified: (B,) early-stop thresholds (see AttackPlan).
     final_eval: forward the final iterate of samples that were not evaluated there yet
         (costs at most one extra forward, no backward) so that ``loss`` is complete.
-    post_step: optional hook ``(x_rows, delta_rows, grad_rows, rows) -> delta_rows`` applied
-        after the step and before projection (used by specialised attacks).
+    post_step: optional hook ``(x_rows, delta_rows, grad_rows, rows, active_rows) -> delta_rows``
+        applied after the step and before projection (used by specialised attacks): ``rows``
+        (W,) are the indices of the forwarded rows, ``active_rows`` (W,) bool says which of them
+        were active before this step. The others are forwarded without being attacked (padding
+        of the compacted batch, or frozen rows under masking) and must not leave a trace, or a
+        sample's result would depend on the rest of its batch.
 
     Returns AttackResult with x_adv = x + delta, the last evaluated per-sample loss, the
     number of steps each sample took, ``info['eps']``: the budget in effect when each
@@ -158,7 +164,7 @@ def run(
         ds = ds.detach()
         new = ds + bcast(direction * step_size[rows], ds) * steepest_direction(grad, norm)
         if post_step is not None:
-            new = post_step(xs, new, grad, rows)
+            new = post_step(xs, new, grad, rows, act)
         if project_ball:
             new = project(new, e, norm)
         new = clip_box(xs, new)
