@@ -42,13 +42,23 @@ def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | Non
     return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
 
 
+PRESET_MARK = "# preset: "  # config.yaml's first line names the preset the run was built from
+
+
 def previous_preset(out: Path) -> str:
-    """The preset recorded in ``out/summary.json`` by an earlier session of the run ("" if none)."""
+    """The preset an earlier session of the run was built from ("" if none): summary.json's
+    record, else the first line of config.yaml (written before anything else)."""
     try:
         preset = json.loads((out / "summary.json").read_text()).get("preset", "")
+        if isinstance(preset, str) and preset:
+            return preset
     except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        first = (out / "config.yaml").read_text().split("\n", 1)[0]
+    except OSError:
         return ""
-    return preset if isinstance(preset, str) else ""
+    return first[len(PRESET_MARK):].strip() if first.startswith(PRESET_MARK) else ""
 
 
 def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:

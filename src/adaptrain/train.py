@@ -31,7 +31,7 @@ from .models import build_model, first_nonfinite
 from .objectives import OBJECTIVES, Objective
 from .overfitting import catastrophic_overfitting
 from .regularizers import REGULARIZERS, Regularizer
-from .rundir import best_row, epoch_line, resolve_device
+from .rundir import PRESET_MARK, best_row, epoch_line, resolve_device
 from .schedules import first_decay_epoch, make_schedule
 from .strategies import STRATEGIES, Strategy
 
@@ -285,7 +285,9 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
                               f"give epochs >= {state['epoch']}")
         preset = preset or (rundir.previous_preset(out) if resume else "")
         run = setup(cfg, out, state=state)
-        fileio.write_file(out / "config.yaml", cfg.dump())
+        # the preset rides in the config's first line (a YAML comment), so a kill before the
+        # first summary.json cannot lose it
+        fileio.write_file(out / "config.yaml", (f"{PRESET_MARK}{preset}\n" if preset else "") + cfg.dump())
         # summary.json from the start (it records the preset for a resume); on a resume, the
         # tables as of the recovered epoch
         write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
