@@ -14,6 +14,7 @@ from torch import nn
 
 from adaptrain import checkpoint
 from adaptrain.attacks import AttackPlan, pgd
+from adaptrain.attacks.engine import frozen_model
 from adaptrain.attacks.inverse import instance_inverse, inverse_loss, universal_inverse
 from adaptrain.config import build_config
 from adaptrain.context import Batch, RunContext, StepInfo
@@ -290,6 +291,61 @@ def test_batch_bn_targets_are_the_batch_statistics_predictions(digits):
     assert not torch.allclose(got["eval"], got["batch"], atol=1e-2)
     with pytest.raises(ConfigError, match="objective.target_bn"):
         OBJECTIVES.build({"name": "uiat", "target_bn": "train"}, ctx=ctx)
+
+
+class DropoutBNNet(nn.Module):
+    """conv - BatchNorm - ReLU - Dropout(0.5) - linear: a mode-dependent layer of each kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+        self.body[1].running_mean.fill_(3.0)  # far from any batch's mean: the modes disagree
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_batch_mode_is_batchnorm_on_batch_statistics_and_everything_else_in_eval(digits):
+    _, x, _, _, _ = digits
+    x = x[:16]
+    model = DropoutBNNet().train()
+    model.body[3].eval()  # mixed modes: each module's own comes back
+    modes = [m.training for m in model.modules()]
+    buffers = copy.deepcopy(model.state_dict())
+    with torch.no_grad(), frozen_model(model, "batch"):
+        first, second = model(x), model(x)
+    reference = copy.deepcopy(model).eval()
+    reference.body[1].train()  # BatchNorm alone on the batch's statistics
+    with torch.no_grad():
+        want, running = reference(x), copy.deepcopy(model).eval()(x)
+    assert torch.equal(first, second)  # no dropout: the same call gives the same logits
+    torch.testing.assert_close(first, want, rtol=0, atol=1e-6)
+    assert (first - running).abs().max() > 0.1  # batch statistics, not the running ones
+    assert [m.training for m in model.modules()] == modes
+    after = model.state_dict()
+    assert all(torch.equal(buffers[k], after[k]) for k in buffers)  # running statistics restored
+
+
+@pytest.mark.parametrize("one_off", [False, True], ids=["inverse", "one-off clean"])
+def test_batch_mode_targets_of_a_dropout_model_are_deterministic(digits, one_off):
+    # cnn2c2f has dropout and no BatchNorm: its batch-mode targets are its eval-mode predictions
+    spec, x, y, _, _ = digits
+    x, y = x[:32], y[:32]
+    x_adv = (x + 8 / 255).clamp(0, 1)
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn2c2f", "width": 4}, spec).train()
+    ctx = make_ctx(32, classes=10, shape=(1, 8, 8))
+    obj = OBJECTIVES.build({"name": "uiat", "one_off": one_off}, ctx=ctx)
+    assert obj.target_bn == "batch" and obj.phase() == ("clean" if one_off else "inverse")
+    p1 = obj.targets(make_batch(model, x, y, torch.arange(32)), x_adv).p
+    p2 = obj.targets(make_batch(model, x, y, torch.arange(32)), x_adv).p  # nothing committed
+    with torch.no_grad():
+        inputs = x if one_off else (x + obj.z[y]).clamp(0, 1)
+        want = F.softmax(model.eval()(inputs), dim=1)
+    assert torch.equal(p1, p2)
+    torch.testing.assert_close(p1, want, rtol=0, atol=1e-6)
 
 
 def test_pass_counting_sees_direct_feature_calls_once_and_the_clean_pass_is_shared():

@@ -42,18 +42,26 @@ PostStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 @contextmanager
 def frozen_model(model: nn.Module, bn: str = "eval") -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (``bn='eval'``) or train mode (``'train'``, BatchNorm uses and
-    updates batch statistics; ``'batch'``, BatchNorm uses batch statistics but its running
-    statistics are restored on exit) with parameters frozen; restore every module's mode and
-    every parameter's ``requires_grad`` on exit."""
+    """Freeze ``model``'s parameters and set its modes for an attack's (or a target's) passes:
+
+    * ``'eval'``: every module in eval mode (BatchNorm on running statistics, no dropout);
+    * ``'train'``: every module in train mode (BatchNorm uses *and updates* batch statistics);
+    * ``'batch'``: only the BatchNorm layers in train mode, so they normalise by the batch's own
+      statistics, and their running statistics are restored on exit; every other module --
+      Dropout included -- stays in eval mode, so the passes are deterministic.
+
+    On exit every module's mode and every parameter's ``requires_grad`` are restored."""
     if bn not in ("eval", "train", "batch"):
         raise ValueError(f"attack bn mode must be 'eval', 'train' or 'batch', got {bn!r}")
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    saved = ([(b, b.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-              for b in m.buffers()] if bn == "batch" else [])
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [(b, b.clone()) for m in norms for b in m.buffers()] if bn == "batch" else []
     try:
-        model.train(bn != "eval")
+        model.train(bn == "train")
+        if bn == "batch":
+            for m in norms:
+                m.train()
         for p, _ in flags:
             p.requires_grad_(False)
         yield model

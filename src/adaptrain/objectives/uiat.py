@@ -98,7 +98,8 @@ class UIAT(Objective):
         """lam: None picks the paper's 3.0 for SVHN, else 3.5. target_bn: BatchNorm mode of
         every inverse-side pass (F(x), F(x_adv), the inverse step, f(x_inv) and the one-off
         clean target f(x)): ``eval`` uses the running statistics, ``batch`` the batch's own
-        (as the train-mode forward on x_adv does; running statistics are left unchanged).
+        (as the train-mode forward on x_adv does; running statistics are left unchanged;
+        dropout stays off either way).
         momentum_start (T): None is 10% of the epochs. one_off_epoch (T'): None is the epoch
         before the first lr decay (``ctx.first_decay_epoch - 1``; the middle epoch if the
         schedule never decays). inverse_steps: instance-wise only. T, T', alpha' and
