@@ -412,6 +412,20 @@ def test_momentum_recursion_per_sample_on_a_hand_driven_schedule():
     assert {"uiat_kl", "uiat_ce_inv", "uiat_acc_inv", "uiat_ce_clean"} <= set(row)
 
 
+def test_momentum_zero_takes_each_visits_inverse_prediction():
+    # IAM off (Table 6 rows 1-3): p = f(x_inv) on every visit, nothing of the previous one
+    model = TinyNet()
+    x, y, x_adv = synthetic(6)
+    obj = OBJECTIVES.build({"name": "uiat", "momentum_start": 0, "momentum": 0.0}, ctx=make_ctx(6))
+    rows = torch.arange(6)
+    for epoch in range(3):
+        obj.start_epoch(epoch)
+        with torch.no_grad():
+            q = F.softmax(model((x + obj.z[y]).clamp(0, 1)), dim=1)
+        obj.loss(model, make_batch(model, x, y, rows, epoch), x_adv, AttackPlan(0, 0, 0))
+        assert obj.uses_momentum() and torch.equal(obj.p, q)
+
+
 def test_one_off_switches_from_clean_to_inverse_to_stored_targets():
     model = TinyNet()
     x, y, x_adv = synthetic(12)
@@ -485,6 +499,28 @@ def test_state_round_trips_through_state_dict():
 TINY = ("data.name=digits", "data.val_size=0", "data.augment=none", "data.subset=128",
         "data.batch_size=64", "model.name=small_cnn", "model.width=4", "eval.n=32",
         "eval.attack=pgd-2")
+
+
+# (inverse, beta, momentum) of each Table 6 row: UAG = universal, FR = beta > 0, IAM = momentum
+TABLE6 = {"uiat-ablation-iat": ("instance", 0.0, 0.0), "uiat-ablation-uag": ("universal", 0.0, 0.0),
+          "uiat-ablation-uag-fr": ("universal", 1.0, 0.0), "uiat-ablation-uag-iam": ("universal", 0.0, 0.9),
+          "uiat-ablation-uag-fr-iam": ("universal", 1.0, 0.9)}
+
+
+def test_table6_rows_differ_from_uiat_only_in_their_three_switches():
+    def switches_and_rest(name: str) -> tuple[tuple, dict]:
+        c = build_config(name).to_dict()
+        c.pop("description")
+        o = c["objective"]
+        rest = {k: v for k, v in o.items() if k not in ("inverse", "beta", "momentum")}
+        return (o["inverse"], o["beta"], o["momentum"]), {**c, "objective": rest}
+
+    full, base = switches_and_rest("uiat")
+    assert full == TABLE6["uiat-ablation-uag-fr-iam"]
+    for name, want in TABLE6.items():
+        assert switches_and_rest(name) == (want, base), name
+    # ``iat`` is Section 3.3's IAT: UIAT with instance-wise inverse adversaries, FR and IAM kept
+    assert switches_and_rest("iat") == (("instance", 1.0, 0.9), base)
 
 
 def run(tmp: Path, preset: str, *overrides: str) -> dict:
