@@ -19,9 +19,10 @@ recorded: with one thread a run is bit-exact on one machine; changing one settin
 (DRA's p 1/3 -> 0.34, UIAT's momentum 0.9 -> 0.89, PGD's step 2 -> 2.01/255, TRADES's beta
 6 -> 6.01, ECAS's h_low, SAAT's rho 1.7 -> 1.69, AWP's gamma 0.01 -> 0.0101) moves the
 statistics by 8e-5 to 4e-2 relative. Another order of float reductions (two threads instead
-of one, as another CPU or torch version may bring) moves 49 presets by < 2e-6, but the seven
-whose attack takes the sign of near-zero gradients or thresholds per-sample values (TRADES's
-KL attack, ECAS's entropy guidance; trades, trades+dra, las-trades*, ecas-awp*) by up to 3e-3.
+of one, as another CPU or torch version may bring) moved 49 of the 56 presets then by < 2e-6,
+and the seven whose attack takes the sign of near-zero gradients or thresholds per-sample
+values (TRADES's KL attack, ECAS's entropy guidance; trades, trades+dra, las-trades*,
+ecas-awp*) by up to 3e-3.
 So on another machine or torch version (the JSON records the one used) first re-record at a
 commit known to be good, then compare.
 
