@@ -106,10 +106,10 @@ def test_strategy_policy_learns_the_best_eps_option_from_fixed_rewards():
     reward_of_option = torch.tensor([0.0, 1.0, 0.0])
     before = las.policy(x)["eps"].softmax(1)[:, 1].mean().item()
     for t in range(40):
-        plan = las.plan(Batch(None, x, None, None, StepInfo(0, t, t, 0.1)))
+        las.plan(Batch(None, x, None, None, StepInfo(0, t, t, 0.1)))
         logp, ent = las._pending
         las._pending = None
-        las.update_policy(logp, ent, reward_of_option[plan.extras["las_actions"]["eps"]])
+        las.update_policy(logp, ent, reward_of_option[las.last_actions["eps"]])
     after = las.policy(x)["eps"].softmax(1)[:, 1].mean().item()
     assert before == pytest.approx(1 / 3, abs=1e-6)  # zero-initialised heads: uniform start
     assert after > 0.8
@@ -157,12 +157,12 @@ def test_plan_is_per_sample_and_only_the_update_batch_keeps_a_graph():
     x, _ = make_data(16)
     for t in range(3):
         plan = las.plan(Batch(None, x, None, None, StepInfo(0, t, t, 0.1)))
-        for v in (plan.eps, plan.step_size, plan.steps, plan.extras["beta"]):
+        for v in (plan.eps, plan.step_size, plan.steps, plan.beta):
             assert v.shape == (16,)
-        a = plan.extras["las_actions"]
+        a = las.last_actions
         assert torch.equal(plan.eps, las.values["eps"][a["eps"]])
         assert torch.equal(plan.steps, torch.tensor([1, 2, 3, 5])[a["iters"]])
-        assert torch.equal(plan.extras["beta"], torch.tensor([5.0, 6.0])[a["beta"]])
+        assert torch.equal(plan.beta, torch.tensor([5.0, 6.0])[a["beta"]])
         assert (las._pending is not None) == (t == 2)  # k = 3: the third batch updates
         if t == 2:
             assert las._pending[0].requires_grad
@@ -310,7 +310,7 @@ def test_checkpoint_and_resume_reproduce_the_next_actions_exactly():
             plan, fb = loop_step(strategy, model, opt, *data[t], t)
             strategy.observe(fb)
             opt.step()
-            actions.append(plan.extras["las_actions"])
+            actions.append(strategy.last_actions)
         return actions
 
     run(las, model, opt, range(3))  # one policy update (t = 1), mid-way to the next

@@ -28,9 +28,10 @@ class AttackPlan:
         freeze it at the (tau_i + 1)-th, i.e. tau_i steps after its first misclassification
         (FAT, Zhang et al. 2020, as their ``earlystop`` code counts).
 
-    ``extras`` carries per-sample values for the objective (e.g. a TRADES ``beta`` chosen
-    per sample by LAS-AT) and strategy-private data; attacks ignore it, except a specialised
-    attack's own settings (SA-PGD's ``extras['sa_pgd']``).
+    ``beta`` (B,) is a per-sample weight of the objective's regularising term (TRADES / MART
+    / replay), chosen by the strategy (LAS-AT); None: the objective's own scalar. Attacks
+    ignore it. ``extras`` carries a specialised attack's own settings (SA-PGD's
+    ``extras['sa_pgd']``) and nothing else.
     """
 
     eps: Scalar
@@ -47,6 +48,7 @@ class AttackPlan:
     restarts: int = 1
     bn: str | None = None  # eval | train: BatchNorm mode while crafting
     ref_logits: torch.Tensor | None = None  # (B, C) clean logits for the KL loss
+    beta: torch.Tensor | None = None  # (B,) per-sample objective weight (LAS-AT), see above
     extras: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> AttackPlan:

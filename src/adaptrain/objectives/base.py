@@ -38,7 +38,6 @@ OBJECTIVES: Registry[Objective] = Registry("objective", injected=("ctx",))
 
 
 def per_sample_beta(plan: AttackPlan, default: float, like: torch.Tensor) -> torch.Tensor | float:
-    """A per-sample weight chosen by the strategy (``plan.extras['beta']``, (B,)) or the
-    objective's own scalar."""
-    beta = plan.extras.get("beta")
-    return default if beta is None else beta.to(like.dtype)
+    """A per-sample weight chosen by the strategy (``plan.beta``, (B,)) or the objective's own
+    scalar."""
+    return default if plan.beta is None else plan.beta.to(like.dtype)

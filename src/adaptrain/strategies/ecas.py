@@ -199,7 +199,7 @@ class ECAS(Strategy):
             alpha: torch.Tensor | float = eps * self.step_ratio
         else:
             alpha = 2.0 * k * self.eps_unit / self.steps
-        return AttackPlan(eps=eps, step_size=alpha, steps=self.steps, extras={"eps_units": eps_k})
+        return AttackPlan(eps=eps, step_size=alpha, steps=self.steps)
 
     # ------------------------------------------------------------------ calibration
 

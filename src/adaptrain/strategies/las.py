@@ -13,7 +13,7 @@ batches the policy takes one REINFORCE step (Eq. 12-13) on the reward of Eq. (7)
 
 Threat model: L-inf (or the attack's norm), per-sample ||delta_i|| <= eps_i, x + delta in [0, 1].
 Option lists are integers in units of ``unit`` (1/255 by default); eps, step in [0, 1] units in
-the returned AttackPlan: eps (B,), step_size (B,), steps (B,) int64, extras['beta'] (B,).
+the returned AttackPlan: eps (B,), step_size (B,), steps (B,) int64, beta (B,).
 
 Cost. The policy forward runs on every batch without a graph, except on the k-th batch, whose
 graph is kept until :meth:`observe` so the update needs no second forward. The look-ahead
@@ -176,6 +176,7 @@ class LAS(Strategy):
         self.baseline = torch.zeros((), device=dev)
         self.baseline_ready = False
         self.t = 0  # target steps seen (plan + observe pairs)
+        self.last_actions: dict[str, torch.Tensor] = {}  # the last plan's option indices, (B,) per head
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start_epoch(0)
 
@@ -230,11 +231,11 @@ class LAS(Strategy):
             logp, ent = log_prob_and_entropy(logits, actions)
         self._pending = (logp, ent) if update else None
         self._record_actions(actions, ent.detach())
+        self.last_actions = actions
         v = self.values
-        extras = {"beta": v["beta"][actions["beta"]]} if "beta" in actions else {}
-        extras["las_actions"] = actions
         return AttackPlan(eps=v["eps"][actions["eps"]], step_size=v["step"][actions["step"]],
-                          steps=v["iters"][actions["iters"]], extras=extras)
+                          steps=v["iters"][actions["iters"]],
+                          beta=v["beta"][actions["beta"]] if "beta" in actions else None)
 
     # ----------------------------------------------------------------------------- learning
 
