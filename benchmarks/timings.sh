@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Every timing benchmark of issues 2-8, one after another, on an otherwise idle machine (the
-# script pauses any running `adaptrain` training / evaluation processes with SIGSTOP and resumes
-# them at the end). Usage, from the repository root:
+# script refuses to start while other adaptrain processes run; it signals no process).
+# Usage, from the repository root:
 #   bash benchmarks/timings.sh DATA.tar.gz TRAINED_RUN_DIR OUT_DIR
 # TRAINED_RUN_DIR: a PGD-AT run on CIFAR-10 (PreActResNet-18 width 16) for SAAT's pass counts on
 # a trained model and for the AutoAttack timing.
 set -u
 DATA=${1:?data}; RUN=${2:?trained run}; OUT=${3:?out dir}
 mkdir -p "$OUT"
-paused=$(pgrep -f "adaptrain.cli (train|eval)" || true)
-[ -n "$paused" ] && kill -STOP $paused
-trap '[ -n "$paused" ] && kill -CONT $paused' EXIT
+# timings are only meaningful on an idle machine: refuse to start (never pause or signal
+# another process) while other adaptrain work runs
+busy=$(pgrep -f "adaptrain( |\.cli )(train|eval)|benchmarks/[a-z_]+\.py" | grep -v "^$$\$" || true)
+if [ -n "$busy" ]; then echo "other adaptrain processes are running ($busy): time nothing now" >&2; exit 1; fi
 py() { echo "== $* $(date +%T)" >&2; python "$@"; }
 py benchmarks/foundation.py throughput --data "$DATA" --width 16 --batches 4 --repeats 3 > "$OUT/foundation-throughput.json"
 py benchmarks/foundation.py compaction --data "$DATA" --width 16 --repeats 5 > "$OUT/foundation-compaction.json"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Second timing window: ECAS's overhead with more batches and repeats, and the quickstart's wall
-# time, on the idle machine (running adaptrain processes are paused meanwhile).
+# time, on the idle machine (the script refuses to start while other adaptrain processes run).
 # Usage: bash benchmarks/timings2.sh DATA.tar.gz OUT_DIR
 set -u
 DATA=${1:?data}; OUT=${2:?out dir}
 mkdir -p "$OUT"
-paused=$(pgrep -f "adaptrain.cli (train|eval)|benchmarks/(dra|baselines|evaluation).py" || true)
-[ -n "$paused" ] && kill -STOP $paused
-trap '[ -n "$paused" ] && kill -CONT $paused' EXIT
+# timings are only meaningful on an idle machine: refuse to start (never pause or signal
+# another process) while other adaptrain work runs
+busy=$(pgrep -f "adaptrain( |\.cli )(train|eval)|benchmarks/[a-z_]+\.py" | grep -v "^$$\$" || true)
+if [ -n "$busy" ]; then echo "other adaptrain processes are running ($busy): time nothing now" >&2; exit 1; fi
 echo "== ecas $(date +%T)" >&2
 python benchmarks/ecas.py --data "$DATA" --width 16 --batches 8 --repeats 9 > "$OUT/ecas-pgd-at-long.json"
 echo "== quickstart $(date +%T)" >&2
