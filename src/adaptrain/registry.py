@@ -64,7 +64,7 @@ def _refuse(where: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(where, f"expected {expected}, got {value!r}")
 
 
-def _to_int(value: Any, where: str) -> int:
+def to_int(value: Any, where: str) -> int:
     """An integer from an int, an integral float or a numeric string (``1e3``); anything that
     overflows (``1e309``) or has a fraction is refused."""
     value = parse_number(value, where)
@@ -81,7 +81,7 @@ def _to_int(value: Any, where: str) -> int:
     return int(f)
 
 
-def _to_float(value: Any, where: str, inf_ok: bool = False) -> float:
+def to_float(value: Any, where: str, inf_ok: bool = False) -> float:
     """A finite float (``inf_ok``: +inf too); nan, -inf and overflowing values are refused."""
     value = parse_number(value, where)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -122,7 +122,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if path is not None:
             return _to_path(value, where, path.what)
         if base is float:
-            return _to_float(value, where, inf_ok=any(isinstance(m, Infinite) for m in meta))
+            return to_float(value, where, inf_ok=any(isinstance(m, Infinite) for m in meta))
         return coerce(value, base, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -156,9 +156,9 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise _refuse(where, "true/false", value)
     if annotation is int:
-        return _to_int(value, where)
+        return to_int(value, where)
     if annotation is float:
-        return _to_float(value, where)
+        return to_float(value, where)
     if annotation is str:
         if isinstance(value, bool):  # YAML 1.1 reads on / off / yes / no as booleans
             return "on" if value else "off"

@@ -11,32 +11,19 @@ import math
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import to_int
 
 BUDGET_EXAMPLE = "8/255 or 0.03"
 
 
 def integer(value: Any, flag: str, lo: int, hi: int) -> int:
     """An integer flag in [lo, hi]; '1e3' is 1000, '1.5', 'nan' and '1e309' are refused."""
-    v = value if isinstance(value, int) and not isinstance(value, bool) else _to_int(value, flag)
+    v = value if isinstance(value, int) and not isinstance(value, bool) else to_int(value, flag)
     if v < lo:
         raise ConfigError(flag, f"must be >= {lo}, got {value!r}")
     if v > hi:
         raise ConfigError(flag, f"must be <= {hi}, got {value!r}")
     return v
-
-def _to_int(value: Any, flag: str) -> int:
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        f = float(text)
-    except ValueError:
-        f = math.nan
-    if isinstance(value, bool) or not math.isfinite(f) or f != int(f):
-        raise ConfigError(flag, f"expected a finite integer, got {value!r}")
-    return int(f)
 
 def choice(value: Any, flag: str, allowed: tuple[str, ...]) -> str:
     """One of ``allowed`` exactly (checked here rather than by argparse, whose refusal is a

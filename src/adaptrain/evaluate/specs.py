@@ -107,25 +107,12 @@ def parse_list(text: str | list[str], where: str = "--attacks", *, aa_version: s
 def parse_real(text: str, where: str, example: str) -> float:
     """A finite number written as a decimal or a fraction ('8/255'). Zero denominators, NaN,
     infinities and overflow (1e309) are refused naming ``where``, never raised as Python errors."""
-    from ..registry import parse_number
+    from ..registry import to_float
 
-    s = str(text).strip()
-    if "/" in s and _is_zero(s.rsplit("/", 1)[1]):
-        raise ConfigError(where, f"{text!r} divides by zero; write e.g. {example}")
     try:
-        value = float(parse_number(s))
-    except (ValueError, TypeError, OverflowError, ZeroDivisionError):
-        raise ConfigError(where, f"cannot parse {text!r}; write e.g. {example}") from None
-    if not math.isfinite(value):
-        raise ConfigError(where, f"must be finite, got {text!r}; write e.g. {example}")
-    return value
-
-
-def _is_zero(text: str) -> bool:
-    try:
-        return float(text) == 0
-    except ValueError:
-        return False
+        return to_float(str(text).strip(), where)
+    except ConfigError as exc:
+        raise ConfigError(where, f"{exc.message}; write e.g. {example}") from None
 
 
 STEP_EXAMPLE = "2/255, 0.01 or eps/4"
