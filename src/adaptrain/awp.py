@@ -1,21 +1,14 @@
 """Adversarial weight perturbation (Wu et al. 2020, "Adversarial Weight Perturbation Helps
 Robust Generalization", Eq. 9-10) as perturb / restore around any objective.
 
-Per batch: a persistent proxy copy of the model takes one gradient-*ascent* step (plain SGD,
-no momentum or weight decay) on the training loss; for every weight tensor with >= 2 dims
-(conv and linear; BatchNorm parameters and biases are never perturbed) the change
-d_l = w_proxy_l - w_l is rescaled to v_l = gamma * ||w_l|| * d_l / ||d_l||. ``perturb`` adds v
-to the real model, the loss and optimiser step are computed there, and ``restore`` subtracts
-v again. The proxy has its own BatchNorm buffers, so the real model's running statistics are
-never touched by the proxy's forward pass (it runs in train mode, as the authors' code does, so
-its batch statistics are those the real model's training forward will use). The proxy's loss
-is the run's full training loss (objective + regulariser, ``commit=False``), so TRADES-AWP and
-MART-AWP ascend their own objectives. Cost: +1 forward and backward of the training loss per
-batch.
-
-Because the ascent step is plain SGD and each layer's change is rescaled to a fixed norm, the
-proxy learning rate cancels out of v (it only matters numerically); it is kept as a setting
-(0.01 for AT, 0.1 for TRADES in the authors' code) for faithfulness.
+Per batch a persistent proxy copy of the model takes one plain-SGD ascent step on the run's
+full training loss (objective + regulariser, ``commit=False``); for every weight tensor with
+>= 2 dims (conv, linear; never BatchNorm parameters or biases) the change d_l = w_proxy_l - w_l
+is rescaled to v_l = gamma * ||w_l|| * d_l / ||d_l||. ``perturb`` adds v to the real model,
+the loss and optimiser step are computed there, ``restore`` subtracts v again. gamma is
+relative (unitless); the proxy's BatchNorm buffers are its own, so the real model's running
+statistics are never touched by it. Cost: +1 forward and backward of the training loss.
+Decisions (proxy mode, proxy learning rate): docs/baselines.md.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 :class:`RunContext` is fixed for a run (sizes, lr schedule, seed) and numbers its random
 streams (:class:`Stream`). :class:`Batch` is one step's data — x (B, C, H, W) in [0, 1], y
-(B,), idx (B,) loader indices — plus a cache under typed keys (:class:`CacheKey`): the clean
-logits / features per BatchNorm mode are computed once, so a strategy (ECAS's entropy), an
-objective (TRADES's KL reference, UIAT's targets) and AWP's proxy pass share one forward.
+(B,), idx (B,) loader indices — plus a cache under typed keys (:class:`CacheKey`). The clean
+logits / features are computed once per BatchNorm mode: ECAS's entropy and TRADES's KL
+reference (both ``eval``) share one no-grad forward, while UIAT's targets use its
+``target_bn`` mode (``batch`` by default, a pass of its own). UIAT's targets and GradAlign's
+eta are cached too, so AWP's proxy call and the real step see the same values.
 :class:`Feedback` is what a strategy observes after the backward pass, before the step.
 """
 

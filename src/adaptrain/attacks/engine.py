@@ -4,17 +4,14 @@ One call runs ``steps.max()`` iterations of: forward the working batch, compute 
 losses, apply the early-stop rules, take one input-gradient step for the samples that go on,
 project, clip to the box. A sample freezes once its own ``steps_i`` are used or a rule fires.
 
-Active-set compaction: with BatchNorm in eval mode every sample's forward pass is
-independent of the others, so frozen samples are dropped from the working batch (gather the
-active rows, scatter results back) and a batch costs the *mean* of its per-sample steps, plus
-the padding that keeps the working batch at one of ``WIDTHS`` sizes (below). With
-BatchNorm in train mode the batch statistics would change if rows were dropped, so the engine
-masks instead (every row is forwarded, frozen rows simply do not move). The only host
-synchronisation per iteration is the one that counts the active rows.
-
-Gradients are taken with ``torch.autograd.grad`` w.r.t. delta only; parameters are set to
-``requires_grad=False`` for the duration so that no weight gradients are even computed, and
-the model's modes and flags are restored afterwards (:func:`frozen_model`).
+Active-set compaction (``compact=True``, valid with eval-mode BatchNorm, where samples are
+independent): frozen samples leave the working batch, so a batch costs the *mean* of its
+per-sample steps plus padding to one of ``WIDTHS`` sizes. Callers whose BatchNorm uses batch
+statistics (``bn='train'`` or ``'batch'``) pass ``compact=False``: every row is forwarded and
+frozen rows are masked. One host synchronisation per iteration (counting the active rows).
+Gradients are taken w.r.t. delta only, with parameters frozen and the model's modes and flags
+restored afterwards (:func:`frozen_model`). Shapes: x, delta (B, C, H, W) in [0, 1] image
+units; eps, step_size, steps (B,). Why and what it costs: docs/design.md ("The attack engine").
 """
 
 from __future__ import annotations

@@ -1,29 +1,19 @@
 """Inverse adversarial examples: perturbations that *lower* the loss (Dong et al., CVPR 2023,
 "The Enemy of My Enemy is My Friend: Exploring Inverse Adversaries for Improving Adversarial
-Training").
-
-Inverse loss (Eq. 4), per sample, with F the penultimate features (``model.features``):
+Training"). Inverse loss (Eq. 4), per sample, F = penultimate features (``model.features``):
 
     L_inv(x_inv) = CE(f(x_inv), y) + beta * (||F(x_inv) - F(x)||_1 - ||F(x_inv) - F(x_adv)||_1)
 
-F(x) and F(x_adv) are constants of the inverse problem (computed by the caller without
-gradients); with ``beta = 0`` the loss is plain cross-entropy and needs neither.
-
-* :func:`instance_inverse` (IAT, Eq. 3): signed-gradient *descent* on L_inv inside the L-inf
-  ball of radius eps', run by the shared engine (``direction=-1``), starting at x.
-* :func:`universal_inverse` (UIAT, Eq. 6 and Algorithm 1): one perturbation z_c per class;
-  x_inv = clip(x + z_y). One forward / backward over the batch gives every sample's input
-  gradient; a scatter-add over y sums them per class (the gradient of the per-class *sum*
-  of L_inv w.r.t. z_c), and each class present in the batch takes one signed descent step
-  of alpha', projected to ||z_c||_inf <= eps'. Classes absent from the batch do not move.
-
-Both run with frozen parameters (:func:`engine.frozen_model`) and BatchNorm in eval mode
-(``bn='eval'``, running statistics) or on the batch's own statistics (``bn='batch'``, what the
-train-mode forward of the training step sees); the running statistics are never changed, no
-parameter accumulates ``.grad``, and the model's modes and flags are restored.
-Threat model: ||x_inv - x||_inf <= eps', x_inv in [0, 1].
-Shapes: x (B, C, H, W) in [0, 1], y (B,) int64, z (num_classes, C, H, W) float32; budgets
-in [0, 1] image units (eps' = 4/255, alpha' = 1/255 by default).
+F(x), F(x_adv) are constants supplied by the caller (unused when ``beta = 0``).
+:func:`instance_inverse` (IAT, Eq. 3): signed-gradient descent from x by the shared engine
+(``direction=-1``). :func:`universal_inverse` (UIAT, Eq. 6, Algorithm 1): x_inv =
+clip(x + z_y); each class present in the batch takes one signed descent step of alpha' on its
+samples' summed L_inv (scatter-add over y), projected to ||z_c||_inf <= eps'; absent classes
+do not move. Both freeze the parameters, run in BatchNorm mode ``bn`` (``eval`` | ``batch``,
+running statistics never changed) and restore the model's modes and flags.
+Threat model: ||x_inv - x||_inf <= eps', x_inv in [0, 1]. Shapes: x (B, C, H, W), y (B,) int64,
+z (num_classes, C, H, W); eps', alpha' in [0, 1] image units (4/255, 1/255 by default).
+Why ``batch`` is UIAT's default mode: docs/uiat.md.
 """
 
 from __future__ import annotations

@@ -4,17 +4,11 @@ independently, the worst case per example, eps-curves, corruptions, sanity check
 Every unit of work is a *job* (an attack at a budget, an AutoAttack sub-attack, a corruption
 at a severity) run in chunks of ``batch_size`` examples on the examples it applies to; each
 chunk's per-example results go to the resumable :class:`EvalState`, so an interrupted
-evaluation (even one killed inside an attack) continues where it stopped and ends with the same
-numbers: the state holds whole chunks in order, the remaining examples are re-cut into the same
-chunks, and the batch size is part of the state's key when results depend on the chunking
-(AutoAttack, corruptions).
-
-Modes: ``cascade`` (default, AutoAttack's way): each attack runs only on the examples that
-survived every earlier attack, and ``accuracy[attack]`` is the robust accuracy *after* that
-attack (cumulative); ``independent``: every attack runs on every clean-correct example and
-``accuracy[attack]`` is its own accuracy. Both give the same ``worst_case`` (the fraction of
-examples correct under every attack run), because random starts are keyed by example.
-The sub-attacks of ``aa`` always cascade among themselves, as in AutoAttack.
+evaluation continues where it stopped and ends with the same numbers.
+Modes: ``cascade`` (default): each attack runs on the survivors of every earlier one and
+``accuracy[attack]`` is cumulative; ``independent``: every attack runs on every clean-correct
+example. Both give the same ``worst_case``; the sub-attacks of ``aa`` always cascade.
+Inputs in [0, 1], budgets in [0, 1] image units. Details: docs/evaluation.md.
 """
 
 from __future__ import annotations

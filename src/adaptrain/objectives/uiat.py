@@ -1,41 +1,16 @@
 """(U)IAT — inverse adversarial training (Dong et al., CVPR 2023, Eqs. 3-8, Algorithm 1).
 
-Training loss per sample (Eq. 7):
-
-    CE(f(x_adv), y) + lam * KL(p || f(x_adv))
-
-where the *target* p (the first argument of the KL, a constant: no gradient flows into it)
-comes from inverse adversarial examples x_inv (:mod:`adaptrain.attacks.inverse`):
-instance-wise (IAT, ``inverse: instance``) or class-universal (UIAT, ``inverse: universal``).
-Momentum (Eq. 8), per sample by the loader's idx: p = f(x_inv) before epoch T
-(``momentum_start``), then p = gamma * p_prev + (1 - gamma) * f(x_inv), p_prev being the
-sample's target from its previous visit. One-off variant (``one_off: true``): before epoch T'
-(``one_off_epoch``) p = f(x) (clean prediction); at T' the inverse examples are computed once
-and p = f(x_inv) is stored per sample; after T' the stored p is reused and no inverse pass
-runs at all.
-
-The adversarial examples come from whatever strategy and attack the run uses (PGD-AT style
-CE attack by default); nothing here assumes a multi-step attack, and x_adv is only read.
-
-Decisions (see docs/uiat.md): all inverse-side passes — F(x), F(x_adv), the inverse
-examples and f(x_inv) — run with BatchNorm in eval mode, like the attack engine, so they
-never change the running statistics; F(x), F(x_adv) are computed without gradients (they are
-constants of the inverse problem), and so is the clean prediction f(x) of the one-off
-variant (the batch's shared eval-mode clean pass). The targets are computed once per batch
-with ``batch.model`` (the real, unperturbed weights) before any train-mode forward, and
-cached in ``batch.cache``: AWP's proxy (``commit=False``) and the real step (``commit=True``)
-see the same p, and only the ``commit=True`` call writes state.
-
-Cost per batch on top of the training forward/backward of x_adv: UIAT 1 F+B (inverse step)
-+ 2 F (F(x), shared with other clean-pass users, and F(x_adv)); IAT ``inverse_steps`` F+B
-+ 3 F; one-off before T' 1 F (clean pass), at T' as UIAT / IAT, after T' nothing. With
-``beta = 0`` the two feature passes are skipped.
-
-State (``state_keys``, saved in checkpoints): the class-universal perturbations ``z``
-(num_classes, C, H, W), the per-sample targets ``p`` (num_train, num_classes) and
-``p_valid`` (num_train,). With distributed training (later) z must be synchronised across
-workers after every step (all-reduce the per-class gradient sums before the sign), and p
-rows are owned by the worker whose shard holds the sample (gather them for checkpoints).
+Training loss per sample (Eq. 7): CE(f(x_adv), y) + lam * KL(p || f(x_adv)), where the target
+p is a constant (no gradient) from inverse adversarial examples x_inv
+(:mod:`adaptrain.attacks.inverse`), instance-wise (IAT) or class-universal (UIAT). Momentum
+(Eq. 8): p = f(x_inv) before epoch T, then gamma * p_prev + (1 - gamma) * f(x_inv) per sample
+(by the loader's idx). One-off: p = f(x) before T', p = f(x_inv) stored at T', reused after.
+Every inverse-side pass runs in BatchNorm mode ``target_bn`` (default ``batch``: the batch's
+own statistics, running statistics left unchanged; ``eval``: running statistics).
+x_adv comes from the run's attack and is only read.
+Shapes: x (B, C, H, W) in [0, 1], y (B,); loss (B,); state z (num_classes, C, H, W),
+p (num_train, num_classes), p_valid (num_train,). eps', alpha' in [0, 1] image units.
+Decisions, costs and state: docs/uiat.md.
 """
 
 from __future__ import annotations

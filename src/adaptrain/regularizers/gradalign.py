@@ -1,21 +1,15 @@
 """GradAlign (Andriushchenko & Flammarion 2020, "Understanding and improving fast adversarial
 training", Eq. 6): lam * (1 - cos(grad_x L(x, y), grad_x L(x + eta, y))), eta ~ U(B(eps)).
 
-Per sample: the two input gradients of the cross-entropy (at the clean input and at a random
-point of the sample's own eps-ball, eps from the plan) are compared by their cosine; the term
-is differentiated with respect to the parameters through both gradients (double
-backpropagation, ``create_graph=True``). It penalises the local non-linearity that lets
-single-step training overfit catastrophically. A sample whose gradient vanishes at either
-point has no defined cosine and contributes 0 (the authors' code drops it from the mean).
-
-Threat model: eta uniform in the plan's norm ball (L-inf by default), x + eta clipped to [0, 1].
-Shapes: x (B, C, H, W), y (B,), returns (B,). Cost: 2 forward + 2 backward (with graph) here,
-and their double backward in the training loss's backward; nothing of the objective is redone.
-
-The forward passes run in the model's current mode (train mode in the loop), so BatchNorm
-normalises with batch statistics and updates its running statistics, as in the authors' code
-where every forward pass of a training step is in train mode. The draw of eta is made once per
-batch (cached on the batch) so that AWP's proxy and the real model see the same eta.
+Per sample, the cosine of the two cross-entropy input gradients (at x and at a random point of
+the sample's own eps-ball, eps and norm from the plan) is differentiated w.r.t. the parameters
+through both gradients (double backpropagation; ``detach_clean`` keeps the one at x constant);
+it penalises the local non-linearity behind catastrophic overfitting. A sample whose gradient
+vanishes at either point contributes 0.
+Threat model: eta uniform in the plan's norm ball (L-inf by default), eps in [0, 1] image units,
+x + eta clipped to [0, 1]. Shapes: x (B, C, H, W), y (B,), returns (B,).
+Cost: 2 forward + 2 backward (with graph) and their double backward.
+BatchNorm mode, the cached eta shared with AWP's proxy, and decisions: docs/baselines.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,16 @@
 """ECAS: entropy-guided cyclical adversarial strategy (Kuurila-Zhang, Chen and Zhao 2023,
 "Adaptive Adversarial Norm Space for Efficient Adversarial Training"; Eq. 2, Algorithm 1).
 
-Per batch, every sample gets an L-inf budget eps_i (threat model ||delta_i||_inf <= eps_i,
-x + delta in [0, 1]):
-
-1. the *scheduled* budget k of the batch comes from a schedule over the integer budget list
-   ``[eps_min .. eps_max]`` (``fixed | linear | cyclic | cyclic-batch``, see
-   :mod:`.budget_schedules`; ``cyclic`` is the paper's Eq. 2);
-2. with ``entropy: true`` (Algorithm 1) the softmax entropy H_i of the *clean* prediction
-   decides per sample: H_i > h_high -> the smallest budget of the list (the model is unsure,
-   the sample is near the boundary: shrink); H_i < h_low -> one of the ``n_large`` (3) largest
-   budgets, drawn uniformly per sample from the strategy's own seeded generator
-   (``draw: batch`` draws once per batch, as the authors' code does); otherwise k.
-
-The clean logits come from ``Batch.clean_logits()``: one no-grad eval-mode forward that leaves
-BatchNorm statistics alone and that TRADES reuses as its KL reference, so ECAS adds one
-forward pass per batch to PGD-AT / MART / AWP and none to TRADES.
-
-Step size: ``step_rule: ratio`` gives alpha_i = step_ratio * eps_i (1/4: every sample can reach
-its own budget in 10 steps); ``step_rule: epoch`` gives the reference code's
-2 * eps_sched / steps for all samples (2 * eps_epoch / 10 at the default 10 steps).
-
-Thresholds (nats): defaults of the authors' code, CIFAR-10 2.274 / 1.3 and CIFAR-100
-4.582 / 3.35, and for any other data set 0.988 * ln C / 0.565 * ln C (their CIFAR-10 values as
-fractions of the maximal entropy). ``thresholds: calibrate`` measures them as the paper
-describes: h_high = mean clean entropy of the model before its first update (on the first
-training batch), h_low = mean clean entropy of a trained checkpoint (``calibrate_from``,
-weights only) on the same batch.
-
-Units: budgets are integers in ``eps_unit`` (default 1/255); plans carry eps in [0, 1] image
-units. Shapes: x (B, C, H, W), eps / step_size (B,).
+Per batch, every sample gets an L-inf budget eps_i (||delta_i||_inf <= eps_i, x + delta in
+[0, 1]): the scheduled budget k comes from a schedule over the integer list
+``[eps_min .. eps_max]`` (:mod:`.budget_schedules`; ``cyclic`` is Eq. 2); with ``entropy: true``
+(Algorithm 1) the clean softmax entropy H_i (nats, from ``Batch.clean_logits()``, eval mode)
+gives H_i > h_high -> the smallest budget, H_i < h_low -> one of the ``n_large`` largest
+(seeded uniform draw), otherwise k. Step: alpha_i = step_ratio * eps_i (``ratio``) or the
+reference code's 2 * eps_sched / steps (``epoch``).
+Units: budgets are integers in ``eps_unit`` (default 1/255); the returned AttackPlan carries
+eps in [0, 1] image units. Shapes: x (B, C, H, W), eps / step_size (B,).
+Thresholds, calibration, decisions and cost: docs/ecas.md.
 """
 
 from __future__ import annotations

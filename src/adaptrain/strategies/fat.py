@@ -1,21 +1,14 @@
 """FAT — friendly adversarial training (Zhang et al. 2020, "Attacks which do not kill training
 make adversarial learning stronger", Alg. 1 "PGD-K-tau").
 
-PGD whose every sample stops tau steps after it is first misclassified: the engine counts the
-checks at which a sample is misclassified and freezes it at the (tau + 1)-th
-(``AttackPlan.stop_misclassified``), exactly as the authors' ``earlystop`` decrements its
-per-sample budget of extra steps. With tau >= K it is plain PGD-K. Frozen samples leave the
-working batch (eval-mode BatchNorm), so an early-stopped batch is cheaper than PGD-K.
-
-tau grows during training (the authors' "dynamic tau"): ``tau[j]`` is used from epoch
-``tau_epochs[j - 1]`` on (0-based epochs, i.e. after that many epochs). Their AT code: 0 for
-epochs 1-50, 1 for 51-90, 2 after (``tau: [0, 1, 2], tau_epochs: [50, 90]``); for TRADES:
-0, 1, 2, 3 from epochs 30, 50, 70. The random start is the objective's / attack's (the
-authors' AT code starts uniformly in the eps-ball, their TRADES code from x + 0.001 * N(0, 1),
-which is what the ``pgd_at`` and ``trades`` objectives ask for).
-
-Telemetry per epoch: ``tau``, ``mean_steps`` (PGD steps per sample, the paper's backward-pass
-count) and ``frac_early_stop`` (share of samples frozen before K steps).
+PGD-K whose every sample stops tau steps after it is first misclassified: the engine counts
+the checks at which a sample is misclassified and freezes it at the (tau + 1)-th
+(``AttackPlan.stop_misclassified``), as the authors' ``earlystop`` does; tau >= K is plain
+PGD-K. With eval-mode BatchNorm in the attack (the default) frozen samples leave the working
+batch, so an early-stopped batch is cheaper than PGD-K. Dynamic tau: ``tau[j]`` applies from
+0-based epoch ``tau_epochs[j - 1]`` on. eps and step_size: one float each for every sample,
+in [0, 1] image units. Telemetry per epoch: ``tau``, ``mean_steps``, ``frac_early_stop``.
+The authors' tau schedules, random starts and decisions: docs/baselines.md.
 """
 
 from __future__ import annotations

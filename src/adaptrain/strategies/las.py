@@ -7,22 +7,16 @@ batches the policy takes one REINFORCE step (Eq. 12-13) on the reward of Eq. (7)
 
     R_i = L1_i + alpha * L2_i + beta * L3_i            (alpha = 2, beta = 4)
     L1_i = target's training loss on x_adv_i           (the objective's per-sample loss)
-    L2_i = -CE(f(x_eval_i; w_hat), y_i)                (x_eval: PGD-10, eps 8, step 2 on w_hat)
+    L2_i = -CE(f(x_eval_i; w_hat), y_i)                (x_eval: PGD-10, 8/255, step 2/255, on w_hat)
     L3_i = -CE(f(x_i; w_hat), y_i)
     w_hat = w - lr * grad_w L1                         (one SGD step at the current lr)
 
 Threat model: L-inf (or the attack's norm), per-sample ||delta_i|| <= eps_i, x + delta in [0, 1].
 Option lists are integers in units of ``unit`` (1/255 by default); eps, step in [0, 1] units in
-the returned AttackPlan: eps (B,), step_size (B,), steps (B,) int64, beta (B,).
+the returned AttackPlan: eps (B,), step_size (B,), steps (B,) int64, beta (B,)
+(with a beta head, else None).
 
-Cost. The policy forward runs on every batch without a graph, except on the k-th batch, whose
-graph is kept until :meth:`observe` so the update needs no second forward. The look-ahead
-never copies the model: ``observe`` runs after ``loss.backward()`` and before the optimiser
-step, so w_hat = w - lr * p.grad is formed tensor by tensor and evaluated with
-``torch.func.functional_call`` in eval mode (BatchNorm running statistics read, never
-written). The reward's evaluation attack (10 F + 10 B, + 2 F for the final and clean
-forwards) is paid once every k batches only. The sampled attack runs through the engine
-with active-set compaction, so a batch pays the mean of its sampled iterations.
+Cost, the look-ahead without a model copy, and decisions: docs/las.md.
 """
 
 from __future__ import annotations
