@@ -7,6 +7,11 @@ the numbers independent of timing noise, so benchmarks can report them next to w
 Passes that call ``model.features`` directly (UIAT's feature regulariser, the shared clean
 pass of :meth:`adaptrain.context.Batch.clean_features`) are counted too, once: a ``features``
 call made from inside ``model.forward`` is part of that forward.
+
+Backward rows are also counted apart by what they compute: ``weight_backward_rows`` are rows
+whose forward ran with gradients enabled while some parameter of the model required a gradient
+(a training loss: the backward produces weight gradients), the rest (an attack's step through a
+frozen model) yield input gradients only, which costs less.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 class PassCount:
     forward_rows: int = 0
     backward_rows: int = 0
+    weight_backward_rows: int = 0  # of backward_rows: those that also computed weight gradients
 
     def per_batch(self, batch_size: int, batches: int = 1) -> tuple[float, float]:
         """(F, B) in units of full-batch passes, averaged over ``batches``."""
@@ -40,8 +46,12 @@ def count_passes(model: nn.Module) -> Iterator[PassCount]:
     def record(output: torch.Tensor) -> None:
         count.forward_rows += int(output.shape[0])
         if output.requires_grad:
+            weights = torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())
+
             def on_backward(grad: torch.Tensor) -> None:
                 count.backward_rows += int(grad.shape[0])
+                if weights:
+                    count.weight_backward_rows += int(grad.shape[0])
             output.register_hook(on_backward)
 
     def enter(module: nn.Module, args: tuple) -> None:
