@@ -1,4 +1,4 @@
-"""``adaptrain`` command line: train, eval, report, calibrate-dra, presets — one module each.
+"""``adaptrain`` command line: train, eval, report, calibrate-dra, presets, bench — one module each.
 
 Each subcommand module owns its parser (``add_parser``) and its work (``run``). Errors a user
 can fix (bad preset, field, flag, value, missing data, unsafe checkpoint, a malformed command
@@ -14,10 +14,10 @@ import os
 import sys
 
 from ..errors import AdaptrainError, ConfigError, TrainingError
-from . import calibrate, presets, report, train
+from . import bench, calibrate, presets, report, train
 from . import eval as eval_cmd
 
-SUBCOMMANDS = (train, eval_cmd, report, calibrate, presets)
+SUBCOMMANDS = (train, eval_cmd, report, calibrate, presets, bench)
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,7 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     # key=value overrides may come before or after options such as --out
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-")
+        if getattr(args, "command", None) in ("train", "bench") and all("=" in e and not e.startswith("-")
                                                               for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
