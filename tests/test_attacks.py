@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptrain.attacks import AttackPlan, engine, make_loss, pgd
+from adaptrain.attacks import ATTACKS, AttackPlan, engine, make_loss, pgd
 from adaptrain.models import build_model
 from adaptrain.threat import norm as lp
 from toy_models import Linear
@@ -260,3 +260,25 @@ def test_budget_schedule_and_reported_final_eps():
                          norm="linf", loss_fn=make_loss("ce"))
     assert (lp(res.x_adv - x, "linf") <= 8 / 255 + 1e-6).all()
     assert torch.allclose(res.info["eps"], torch.full((12,), 8 / 255))
+
+
+@pytest.mark.parametrize(("section", "plan_start", "wish", "expected"), [
+    ({"name": "pgd"}, None, None, "uniform"),  # the attack's default
+    ({"name": "pgd"}, None, "normal", "normal"),  # the objective's wish (TRADES)
+    ({"name": "pgd"}, "none", "normal", "none"),  # the plan (a strategy or caller) first
+    ({"name": "pgd", "random_start": "none"}, "uniform", "normal", "none"),  # config first
+    ({"name": "dra"}, None, None, "none"),  # Algorithm 1 starts at x
+    ({"name": "dra"}, None, "normal", "normal"),
+    ({"name": "fgsm"}, None, None, "none"),
+    ({"name": "fgsm"}, None, "normal", "normal"),
+    ({"name": "fgsm_rs"}, None, "normal", "uniform"),  # part of FGSM-RS's definition
+    ({"name": "n_fgsm", "k": 0}, None, None, "none"),
+    ({"name": "sa_pgd"}, None, "normal", "normal"),
+])
+def test_one_resolve_holds_the_random_start_precedence(section, plan_start, wish, expected):
+    attack = ATTACKS.build(section)
+    plan = attack.resolve(AttackPlan(eps=0.1, step_size=0.01, steps=1, random_start=plan_start),
+                          wish=wish)
+    assert plan.random_start == expected
+    assert attack.resolve(plan, wish="uniform") == plan  # a resolved plan is final
+    assert plan.norm == ("l1" if section["name"] == "dra" else "linf") and plan.bn == "eval"

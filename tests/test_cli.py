@@ -152,7 +152,7 @@ def test_saat_runs_get_an_eps_curve_and_rd_by_default(tmp_path):
 
     run_dir = tmp_path / "saat"
     over = ["epochs=1", "data.subset=64", "model.width=4", "eval.n=16", "strategy.name=saat",
-            "strategy.eps_max=0.2", "strategy.tau=0.05", "strategy.step_size=0.05",
+            "strategy.eps_max=0.2", "attack.tau=0.05", "strategy.step_size=0.05",
             "attack.name=sa_pgd"]
     train(build_config("quickstart", over), run_dir, progress=False, log=lambda line: None)
     assert main(["eval", str(run_dir), "--n", "20", "--attacks", "clean,pgd-3", "--quiet"]) == 0

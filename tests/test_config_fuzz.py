@@ -69,7 +69,7 @@ LEGITIMATE: dict[tuple[str, str], set[str]] = {
     ("las", "strategy.entropy_coef"): {"0"},
     ("las", "strategy.clip_grad"): {"0"},  # 0: no clipping
     ("saat", "strategy.rho"): {"inf", "1e309", "-1", "0", "1e12"},  # inf: always eps_max; <= 0: clean
-    ("saat", "strategy.eps_0"): {"0"},
+    ("sa_pgd", "attack.eps_0"): {"0"},
     ("n_fgsm", "attack.k"): {"0"},  # no noise: FGSM from x
     ("pgd_at", "objective.label_smoothing"): {"0"},
     ("mart", "objective.beta"): {"0"},
@@ -275,7 +275,7 @@ def test_budgets_are_bounded_in_their_own_units():
     assert build_config("ecas-pgd-at", ["strategy.eps_max=255"]).strategy["eps_max"] == 255
     assert refusal("las-pgd-at", "strategy.eps_options=[8, 300]").field == "strategy.eps_options"
     assert refusal("las-pgd-at", "strategy.step_options=[1, 256]").field == "strategy.step_options"
-    assert refusal("saat-up", "strategy.warm_eps=2").field == "strategy.warm_eps"
+    assert refusal("saat-up", "attack.warm_eps=2").field == "attack.warm_eps"
     assert refusal("uiat", "objective.eps_inv=2").field == "objective.eps_inv"
     assert refusal("quickstart", "eval.step_size=1.5").field == "eval.step_size"
 

@@ -289,7 +289,7 @@ def test_schedule_values_per_epoch_with_the_clean_tail():
 
 def one_step(model, strategy, objective, attack, x, y, epoch):
     b = batch_at(model, x, y, epoch)
-    p = objective.prepare(b, strategy.plan(b))
+    p = attack.resolve(objective.prepare(b, strategy.plan(b)), wish=objective.random_start)
     res = attack(model, x, y, p)
     model.train()
     loss, _ = objective.loss(model, b, res.x_adv, p)

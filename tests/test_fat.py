@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptrain.attacks import pgd
+from adaptrain.attacks import ATTACKS, pgd
 from adaptrain.config import build_config
 from adaptrain.context import Batch, Feedback, RunContext, StepInfo
 from adaptrain.errors import ConfigError
@@ -73,10 +73,13 @@ def test_plan_follows_the_epoch_and_the_objectives_start():
     s.start_epoch(90)
     plan = s.plan(batch)
     assert plan.stop_misclassified == 2 and plan.steps == 10
+    attack = ATTACKS.build({"name": "pgd"})
     trades = OBJECTIVES.build({"name": "trades"}, ctx=CTX)
-    assert trades.prepare(batch, plan).random_start == "normal"  # x + 0.001 N(0, 1), as their code
+    resolved = attack.resolve(trades.prepare(batch, plan), wish=trades.random_start)
+    assert resolved.random_start == "normal"  # x + 0.001 N(0, 1), as their code
     at = OBJECTIVES.build({"name": "pgd_at"}, ctx=CTX)
-    assert at.prepare(batch, plan).random_start is None  # the attack's uniform start, as their code
+    resolved = attack.resolve(at.prepare(batch, plan), wish=at.random_start)
+    assert resolved.random_start == "uniform"  # the attack's uniform start, as their code
 
 
 def test_telemetry_counts_steps_and_early_stops():

@@ -65,7 +65,7 @@ def loop_step(strategy, model, opt, x, y, t: int, objective=None, awp=None):
     batch = Batch(model, x, y, torch.arange(x.shape[0]), StepInfo(0, t, t, 0.05))
     for group in opt.param_groups:
         group["lr"] = 0.05
-    plan = objective.prepare(batch, strategy.plan(batch))
+    plan = attack.resolve(objective.prepare(batch, strategy.plan(batch)), wish=objective.random_start)
     result = attack(model, x, y, plan, generator=torch.Generator().manual_seed(100 + t))
     model.train()
     opt.zero_grad(set_to_none=True)

@@ -68,12 +68,15 @@ def ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def sa_plan(rho, eps_max=14 * E, *, warm=False, eps_0=0.0, tau=2 * E, k=3, alpha=2 * E, **kw):
+    """The plan and the attack's search settings, as (plan, settings) for :func:`run`."""
     s = SAPGDSettings(eps_0=eps_0, tau=tau, warm_start=warm)
-    return AttackPlan(eps=eps_max, step_size=alpha, steps=k, stop_loss=rho, extras={"sa_pgd": s}, **kw)
+    return AttackPlan(eps=eps_max, step_size=alpha, steps=k, stop_loss=rho, **kw), s
 
 
-def run(model, x, y, plan, seed=1, **kw):
-    return sa_pgd(model, x, y, plan, generator=torch.Generator().manual_seed(seed), **kw)
+def run(model, x, y, planned, seed=1, **kw):
+    plan, search = planned
+    return sa_pgd(model, x, y, plan, generator=torch.Generator().manual_seed(seed), search=search,
+                  **kw)
 
 
 def spread_rho(model, x, y, warm: bool = False) -> torch.Tensor:
@@ -99,11 +102,12 @@ def test_every_sample_meets_rho_or_eps_max_inside_its_own_budget(warm, norm_name
     rho = spread_rho(model, x, y, warm)
     scale = 1.0 if norm_name == "linf" else 8.0
     eps_max = (14 if warm else 8) * E * scale
-    plan = sa_plan(rho, eps_max, warm=warm, tau=2 * E * scale, alpha=2 * E * scale, norm=norm_name)
+    plan, search = sa_plan(rho, eps_max, warm=warm, tau=2 * E * scale, alpha=2 * E * scale,
+                           norm=norm_name)
     if warm:
-        plan.extras["sa_pgd"] = SAPGDSettings(tau=2 * E * scale, warm_start=True, warm_eps=8 * E * scale,
-                                              warm_step_size=2 * E * scale)
-    res = run(model, x, y, plan)
+        search = SAPGDSettings(tau=2 * E * scale, warm_start=True, warm_eps=8 * E * scale,
+                               warm_step_size=2 * E * scale)
+    res = run(model, x, y, (plan, search))
     eps = res.info["eps"]
     at_max = torch.isclose(eps, torch.tensor(eps_max, dtype=eps.dtype))
     loss = ce(model, res.x_adv, y)
@@ -192,7 +196,7 @@ def test_rho_inf_with_eps_max_eps_equals_standard_pgd():
     # warm start with eps_max = 8/255: exactly PGD-10 (uniform start, same generator draws)
     ref = pgd(model, x, y, AttackPlan(eps=8 * E, step_size=2 * E, steps=10), generator=gen(4),
               final_eval=True)
-    res = sa_pgd(model, x, y, sa_plan(math.inf, 8 * E, warm=True), generator=gen(4))
+    res = run(model, x, y, sa_plan(math.inf, 8 * E, warm=True), seed=4)
     assert torch.equal(res.x_adv, ref.x_adv)
     assert torch.equal(res.steps_used, ref.steps_used)
     assert torch.allclose(res.loss, ref.loss, atol=1e-12)
@@ -200,11 +204,11 @@ def test_rho_inf_with_eps_max_eps_equals_standard_pgd():
     # Algorithm 1 from eps_0 = 0 with one round (tau = eps_max = eps) of K = 10 steps: PGD-10
     # from the clean input (the paper's x' <- x has no random start)
     ref = pgd(model, x, y, AttackPlan(eps=8 * E, step_size=2 * E, steps=10, random_start="none"))
-    res = sa_pgd(model, x, y, sa_plan(math.inf, 8 * E, tau=8 * E, k=10), generator=gen(4))
+    res = run(model, x, y, sa_plan(math.inf, 8 * E, tau=8 * E, k=10), seed=4)
     assert torch.equal(res.x_adv, ref.x_adv)
     assert torch.allclose(res.info["eps"], torch.full((16,), 8 * E, dtype=res.info["eps"].dtype))
     # several rounds run K * rounds steps in all, all samples ending at eps_max
-    res = sa_pgd(model, x, y, sa_plan(math.inf, 8 * E, tau=2 * E, k=3), generator=gen(4))
+    res = run(model, x, y, sa_plan(math.inf, 8 * E, tau=2 * E, k=3), seed=4)
     assert torch.equal(res.steps_used, torch.full((16,), 12))
 
 
@@ -278,9 +282,9 @@ def test_attack_leaves_model_modes_flags_grads_and_bn_stats_alone():
 def test_registered_attack_fills_norm_and_start_from_its_config():
     model = bn_model()
     x, y = data()
-    attack = ATTACKS.build({"name": "sa_pgd", "norm": "l2", "bn": "eval"})
-    res = attack(model, x, y, sa_plan(math.inf, 1.0, tau=0.5, alpha=0.25),
-                 generator=torch.Generator().manual_seed(0))
+    attack = ATTACKS.build({"name": "sa_pgd", "norm": "l2", "bn": "eval", "tau": 0.5})
+    plan, _ = sa_plan(math.inf, 1.0, alpha=0.25)
+    res = attack(model, x, y, attack.resolve(plan), generator=torch.Generator().manual_seed(0))
     assert (lp(res.x_adv - x, "l2") <= 1.0 + 1e-6).all()
     assert (lp(res.x_adv - x, "linf") > 14 * E).any()  # an L2 ball of 1.0, not L-inf
 
@@ -314,8 +318,8 @@ def strategy(**fields):
 
 def test_strategy_plans_the_search_and_reports_stable_telemetry():
     model = bn_model()
-    s = strategy(rho=1.7, eps_max=12 * E, warm_start=True)
-    attack = ATTACKS.build({"name": "sa_pgd"})
+    s = strategy(rho=1.7, eps_max=12 * E)
+    attack = ATTACKS.build({"name": "sa_pgd", "warm_start": True})
     gen = torch.Generator().manual_seed(0)
     g = torch.Generator().manual_seed(5)
     x_all = torch.rand(40, 3, 8, 8, generator=g, dtype=torch.float64)
@@ -326,12 +330,14 @@ def test_strategy_plans_the_search_and_reports_stable_telemetry():
         batch = Batch(model, x_all[idx], y_all[idx], idx, StepInfo(0, b, b, 0.1))
         plan = s.plan(batch)
         assert plan.stop_loss == 1.7 and plan.eps == 12 * E and plan.steps == 3
-        res = attack(model, batch.x, batch.y, plan, generator=gen)
+        res = attack(model, batch.x, batch.y, attack.resolve(plan), generator=gen)
         results.append(res)
         s.observe(Feedback(batch, plan, res, res.loss, None, None, None, attack))
     row = s.end_epoch(0)
     shares = {k: v for k, v in row.items() if k.startswith("eps_share_")}
-    assert list(shares) == [f"eps_share_{k}" for k in range(8, 13)]
+    # one column per budget from 0 (a warm start never ends below 8/255: those stay 0)
+    assert list(shares) == [f"eps_share_{k}" for k in range(13)]
+    assert all(shares[f"eps_share_{k}"] == 0 for k in range(8))
     assert math.isclose(sum(shares.values()), 1.0, abs_tol=1e-6)
     eps = torch.cat([r.info["eps"] for r in results]) * 255
     loss = torch.cat([r.loss for r in results])
@@ -342,30 +348,40 @@ def test_strategy_plans_the_search_and_reports_stable_telemetry():
     reached = torch.cat([r.info["reached"] for r in results])
     assert math.isclose(row["frac_below_rho"], 1 - float(reached.float().mean()), abs_tol=1e-6)
     assert row["mean_steps"] >= 10
-    # a down strategy has one column per budget from 0
     assert list(strategy(eps_max=8 * E).end_epoch(0)) == []  # nothing seen: no row
     # state round-trips through a weights-only checkpoint
     buf = io.BytesIO()
     torch.save(s.state_dict(), buf)
     buf.seek(0)
-    t = strategy(rho=1.7, eps_max=12 * E, warm_start=True)
+    t = strategy(rho=1.7, eps_max=12 * E)
     t.load_state_dict(torch.load(buf, weights_only=True))
     assert t.end_epoch(0) == row
     assert all(torch.equal(getattr(s, k), getattr(t, k)) for k in s.state_keys)
 
 
 @pytest.mark.parametrize(("fields", "bad"), [
-    ({"tau": 0.0}, "strategy.tau"),
     ({"steps": 0}, "strategy.steps"),
     ({"eps_max": 0.0}, "strategy.eps_max"),
-    ({"eps_0": 10 * E}, "strategy.eps_0"),
-    ({"warm_start": True, "eps_max": 6 * E}, "strategy.warm_eps"),
-    ({"warm_start": True, "eps_0": 2 * E}, "strategy.eps_0"),
+    ({"step_size": 0.0}, "strategy.step_size"),
     ({"rho": float("nan")}, "strategy.rho"),
 ])
 def test_bad_strategy_fields_name_the_field(fields, bad):
     with pytest.raises(ConfigError) as err:
         strategy(**fields)
+    assert err.value.field == bad
+
+
+@pytest.mark.parametrize(("overrides", "bad"), [
+    (["attack.tau=0"], "attack.tau"),
+    (["attack.warm_steps=0"], "attack.warm_steps"),
+    (["attack.warm_start=false", "attack.eps_0=10/255", "strategy.eps_max=8/255"], "attack.eps_0"),
+    (["strategy.eps_max=6/255"], "attack.warm_eps"),  # the warm start is above eps_max
+    (["attack.eps_0=2/255"], "attack.eps_0"),  # a warm start starts at warm_eps
+    (["attack.tau=1e-6"], "attack.tau"),  # millions of steps per sample
+])
+def test_the_search_settings_are_checked_against_the_strategy_before_any_work(overrides, bad):
+    with pytest.raises(ConfigError) as err:
+        build_config("saat-up", overrides)
     assert err.value.field == bad
 
 
@@ -386,14 +402,14 @@ def test_presets_resolve_to_the_papers_settings():
         assert cfg.attack["name"] == "sa_pgd" and cfg.strategy["name"] == "saat"
         assert cfg.model["name"] == "preact_resnet18" and cfg.epochs == 200
         assert cfg.optim.schedule == "piecewise" and cfg.optim.weight_decay == 5e-4
-        assert math.isclose(cfg.strategy["tau"], 2 * E) and cfg.strategy["steps"] == 3
-    assert up.strategy["warm_start"] and math.isclose(up.strategy["eps_max"], 14 * E)
+        assert math.isclose(cfg.attack["tau"], 2 * E) and cfg.strategy["steps"] == 3
+    assert up.attack["warm_start"] and math.isclose(up.strategy["eps_max"], 14 * E)
     assert up.strategy["rho"] == 1.7 and up.awp.gamma == 0
-    assert not down.strategy["warm_start"] and down.strategy["eps_0"] == 0
+    assert not down.attack["warm_start"] and down.attack["eps_0"] == 0
     assert math.isclose(down.strategy["eps_max"], 8 * E) and down.strategy["rho"] == 1.5
     assert awp.awp.gamma == 0.01 and math.isclose(awp.strategy["eps_max"], 9 * E)
-    assert awp.strategy["rho"] == 1.7 and awp.strategy["warm_start"]
-    assert trades.objective["name"] == "trades" and trades.strategy["warm_step_size"] == 0.007
+    assert awp.strategy["rho"] == 1.7 and awp.attack["warm_start"]
+    assert trades.objective["name"] == "trades" and trades.attack["warm_step_size"] == 0.007
 
 
 TINY = ("epochs=1", "data.name=digits", "data.val_size=0", "data.subset=128", "data.batch_size=64",
@@ -408,8 +424,9 @@ def test_one_tiny_epoch_on_digits(tmp_path, preset):
     rows = list(csv.DictReader((tmp_path / "strategy.csv").open()))
     assert len(rows) == 1
     row = {k: float(v) for k, v in rows[0].items()}
-    lo = 0 if preset == "saat-down" else 8
+    lo = 0 if preset == "saat-down" else 8  # a warm start never ends below warm_eps
     hi = round(255 * cfg.strategy["eps_max"])
-    assert [k for k in row if k.startswith("eps_share_")] == [f"eps_share_{k}" for k in range(lo, hi + 1)]
+    assert [k for k in row if k.startswith("eps_share_")] == [f"eps_share_{k}" for k in range(hi + 1)]
+    assert all(row[f"eps_share_{k}"] == 0 for k in range(lo))
     assert math.isclose(sum(v for k, v in row.items() if k.startswith("eps_share_")), 1.0, abs_tol=1e-6)
     assert 0 <= row["frac_below_rho"] <= 1 and lo <= row["mean_eps"] <= hi

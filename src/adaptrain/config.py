@@ -359,6 +359,10 @@ def _validate_components(cfg: Config) -> None:
         fields = {k: v for k, v in getattr(cfg, section).items() if k != "name"}
         # models (validators only, never built here) and attacks take no run context
         entry.probe(fields, **({} if section in ("model", "attack") else {"ctx": ctx}))
+    sections = {section: getattr(cfg, section) for section in entries}
+    for entry in entries.values():
+        if entry.cross_check is not None:
+            entry.cross_check(sections)
     _check_budgets(cfg, entries["strategy"])
 
 

@@ -173,6 +173,9 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 Validator = Callable[[dict[str, Any]], None]
+# a check of a component's section against the sections it ``requires``: the resolved
+# sections by name ({"strategy": {...}, "attack": {...}, ...}), defaults filled in
+CrossCheck = Callable[[dict[str, dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ class Entry(Generic[T]):
     validator: Validator | None = None
     # other sections this component only works with, e.g. SAAT: {"attack": "sa_pgd"}
     requires: dict[str, str] = field(default_factory=dict)
+    # with ``requires``: the values that must agree across sections (SAAT: the sa_pgd search
+    # fits under the strategy's eps_max), checked by validation after each section's own
+    cross_check: CrossCheck | None = None
     # fields that are budgets (eps, step sizes; numbers or lists of numbers), bounded by the
     # training attack's norm; in units of the field ``budget_unit`` names (None: [0, 1] units)
     budgets: tuple[str, ...] = ()
@@ -271,17 +277,18 @@ class Registry(Generic[T]):
         self, name: str, description: str = "", *, validator: Validator | None = None,
         requires: dict[str, str] | None = None, budgets: tuple[str, ...] = (),
         budget_unit: str | None = None, traits: Traits | None = None,
+        cross_check: CrossCheck | None = None,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator; ``validator``, ``requires``, ``budgets``, ``budget_unit``, ``traits``: see
-        :class:`Entry` and :class:`Traits`."""
+        """Decorator; ``validator``, ``requires``, ``cross_check``, ``budgets``, ``budget_unit``,
+        ``traits``: see :class:`Entry` and :class:`Traits`."""
 
         def deco(builder: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} registered twice")
             doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
             self._entries[name] = Entry(name, builder, doc, self.injected, validator,
-                                        dict(requires or {}), tuple(budgets), budget_unit,
-                                        traits or Traits())
+                                        dict(requires or {}), cross_check, tuple(budgets),
+                                        budget_unit, traits or Traits())
             return builder
 
         return deco

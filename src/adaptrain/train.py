@@ -213,7 +213,8 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
             group["lr"] = lr
         batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr))
         with run.amp():  # the strategy's and objective's forward passes too (e.g. clean logits)
-            plan = run.attack.resolve(run.objective.prepare(batch, run.strategy.plan(batch)))
+            plan = run.objective.prepare(batch, run.strategy.plan(batch))
+            plan = run.attack.resolve(plan, wish=run.objective.random_start)
             result = run.attack(model, x, y, plan, generator=run.generators["attack"])
         model.train()
         opt.zero_grad(set_to_none=True)

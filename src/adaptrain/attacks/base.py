@@ -2,8 +2,9 @@
 
 Attacks are pure functions ``fn(model, x, y, plan, *, generator, loss_fn, final_eval)``.
 The registry stores, per name, a *factory* whose keyword parameters are the config section's
-fields; it returns an :class:`Attack` that fills the plan's unset fields (norm, random start,
-BatchNorm mode, restarts) from the config and calls the function.
+fields; it returns an :class:`Attack`. ``Attack.resolve`` is the one place where a plan's
+unset fields (norm, random start, BatchNorm mode, restarts) are decided, once per batch,
+before the attack runs; the precedence table is in its docstring.
 """
 
 from __future__ import annotations
@@ -28,20 +29,42 @@ class AttackFn(Protocol):
 
 @dataclass
 class Attack:
-    """A configured attack: ``attack(model, x, y, plan, generator=...) -> AttackResult``."""
+    """A configured attack: ``attack(model, x, y, attack.resolve(plan), generator=...)``.
+
+    ``random_start`` is the config's choice (``auto``: no choice); ``default_start`` the
+    attack's own default when nobody chooses (PGD: uniform; DRA and FGSM: none, their
+    algorithms start at x).
+    """
 
     name: str
     fn: Callable[..., AttackResult]
     norm: str = "linf"
-    random_start: str = "auto"  # auto: whatever the plan (objective / strategy) asks, else uniform
+    random_start: str = "auto"
     bn: str = "eval"
     restarts: int = 1
+    default_start: str = "uniform"
+    fixed_norm: bool = False  # the attack defines its norm (DRA: L1); plans cannot change it
 
-    def resolve(self, plan: AttackPlan) -> AttackPlan:
-        start = plan.random_start if self.random_start == "auto" else self.random_start
+    def resolve(self, plan: AttackPlan, wish: str | None = None) -> AttackPlan:
+        """Fill the plan's unset fields, by this precedence (first that applies):
+
+        ============  ================  ========================  =================
+        field         1                 2                         3
+        ============  ================  ========================  =================
+        random start  attack config     plan (strategy / caller)  objective's ``wish``,
+                      (not ``auto``)                              then ``default_start``
+        norm          fixed norm        plan                      attack config
+        bn            plan              attack config
+        restarts      the larger of plan and attack config
+        ============  ================  ========================  =================
+        """
+        if self.random_start != "auto":
+            start = self.random_start
+        else:
+            start = plan.random_start or wish or self.default_start
         return plan.replace(
-            norm=plan.norm or self.norm,
-            random_start=start or "uniform",
+            norm=self.norm if self.fixed_norm else plan.norm or self.norm,
+            random_start=start,
             bn=plan.bn or self.bn,
             restarts=max(plan.restarts, self.restarts),
         )
@@ -49,7 +72,11 @@ class Attack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: AttackPlan, *,
                  generator: torch.Generator | None = None, loss_fn: LossFn | None = None,
                  final_eval: bool = False) -> AttackResult:
-        return self.fn(model, x, y, self.resolve(plan), generator=generator, loss_fn=loss_fn,
+        """Run ``plan``; one that :meth:`resolve` has not filled in yet is resolved here
+        (without an objective's wish), so a plan is resolved exactly once either way."""
+        if plan.norm is None or plan.random_start is None or plan.bn is None:
+            plan = self.resolve(plan)
+        return self.fn(model, x, y, plan, generator=generator, loss_fn=loss_fn,
                        final_eval=final_eval)
 
 

@@ -193,13 +193,5 @@ def dra_attack(p: float = 1 / 3, steps: int | None = 5, budget: BudgetName = "pe
         return dra(model, x, y, plan, p=p, steps=steps, budget=budget, rank=rank,
                    generator=generator, loss_fn=loss_fn, final_eval=final_eval)
 
-    return DRAAttack("dra", run_dra, norm="l1", random_start=random_start, bn=bn)
-
-
-class DRAAttack(Attack):
-    """Algorithm 1 starts from the clean image: with ``random_start: auto`` DRA takes the
-    objective's start (TRADES: ``normal``) or none, never PGD's default uniform start."""
-
-    def resolve(self, plan: AttackPlan) -> AttackPlan:
-        start = plan.random_start if self.random_start == "auto" else self.random_start
-        return plan.replace(norm="l1", random_start=start or "none", bn=plan.bn or self.bn)
+    return Attack("dra", run_dra, norm="l1", random_start=random_start, bn=bn,
+                  default_start="none", fixed_norm=True)

@@ -18,8 +18,8 @@ class AttackPlan:
     """Per-sample attack settings for one batch.
 
     ``eps``, ``step_size`` and ``steps`` are (B,) tensors or scalars (broadcast); budgets are
-    in [0, 1] image units. ``None`` fields are filled by the attack's config section
-    (``attack: {norm, random_start, bn, ...}``) when the attack runs.
+    in [0, 1] image units. ``None`` fields are filled once, by ``Attack.resolve`` (its
+    docstring has the precedence table), before the attack runs.
 
     Early-stop rules (per sample, may be scalars):
       * ``stop_loss`` rho_i: freeze the sample as soon as its loss >= rho_i (SAAT); with
@@ -30,8 +30,8 @@ class AttackPlan:
 
     ``beta`` (B,) is a per-sample weight of the objective's regularising term (TRADES / MART
     / replay), chosen by the strategy (LAS-AT); None: the objective's own scalar. Attacks
-    ignore it. ``extras`` carries a specialised attack's own settings (SA-PGD's
-    ``extras['sa_pgd']``) and nothing else.
+    ignore it. An attack's own settings (SA-PGD's search, DRA's kept fraction) are fields of
+    the configured :class:`~adaptrain.attacks.base.Attack`, not of the plan.
     """
 
     eps: Scalar
@@ -49,7 +49,6 @@ class AttackPlan:
     bn: str | None = None  # eval | train: BatchNorm mode while crafting
     ref_logits: torch.Tensor | None = None  # (B, C) clean logits for the KL loss
     beta: torch.Tensor | None = None  # (B,) per-sample objective weight (LAS-AT), see above
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> AttackPlan:
         return dataclasses.replace(self, **changes)

@@ -25,21 +25,23 @@ mode. The loss of a step is checked by the forward pass of the next step, so che
 no extra pass; only samples that used all their steps get one extra forward (no backward) so
 that the returned loss is that of every sample's final iterate.
 
-The settings beyond the AttackPlan's own fields travel in ``plan.extras['sa_pgd']``
-(:class:`SAPGDSettings`), written by the ``saat`` strategy. Plan fields: ``eps`` = eps_max,
+The search settings (eps_0, tau, warm start) are fields of the ``attack:`` section
+(:class:`SAPGDSettings`); the plan carries the per-sample budget: ``eps`` = eps_max,
 ``step_size`` = alpha, ``steps`` = K (steps per round), ``stop_loss`` = rho (None: no
 constraint, i.e. rho = inf), ``loss`` = the constrained loss (ce, or TRADES's kl with
-``ref_logits``). Without ``extras['sa_pgd']`` the attack is one round of K steps at eps_max
+``ref_logits``). With the default settings the attack is one round of K steps at eps_max
 from the clean input (plain PGD without random start).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
+from ..component import MAX_STEPS, require, require_in
 from ..threat import bcast, clip_box, per_sample, project, random_delta
 from . import engine
 from .base import ATTACKS, Attack, BNMode, NormName, StartName
@@ -54,7 +56,7 @@ _ROUND_TOL = 1e-4
 
 @dataclass(frozen=True)
 class SAPGDSettings:
-    """SA-PGD's search settings (``plan.extras['sa_pgd']``); budgets in [0, 1] units.
+    """SA-PGD's search settings (the ``attack:`` section's fields); budgets in [0, 1] units.
 
     eps_0: starting budget (scalar or (B,)); ignored with ``warm_start`` (the search then
         starts at ``warm_eps``).
@@ -87,6 +89,7 @@ def sa_pgd(
     loss_fn: LossFn | None = None,
     final_eval: bool = True,
     compact: bool | None = None,
+    search: SAPGDSettings | None = None,
 ) -> AttackResult:
     """Run SA-PGD on (x, y); returns x_adv (B, C, H, W) and per-sample diagnostics.
 
@@ -94,13 +97,14 @@ def sa_pgd(
     ``final_eval`` is accepted for the attack interface and has no effect), ``steps_used``
     the gradient steps of both phases, ``info['eps']`` the final budget (B,),
     ``info['reached']`` whether loss >= rho, ``info['misclassified']`` at the final iterate.
-    ``compact`` defaults to True exactly when BatchNorm is in eval mode during the attack.
+    ``compact`` defaults to True exactly when BatchNorm is in eval mode during the attack;
+    ``search`` None: the default :class:`SAPGDSettings`.
     """
     if plan.direction != 1:
         raise ValueError("sa_pgd maximises its loss up to rho; plan.direction must be +1")
     if plan.stop_misclassified is not None:
         raise ValueError("sa_pgd's only early-stop rule is its loss constraint (plan.stop_loss)")
-    s = plan.extras.get("sa_pgd") or SAPGDSettings()
+    s = search or SAPGDSettings()
     norm = plan.norm or "linf"
     bn = plan.bn or "eval"
     start = plan.random_start or "uniform"
@@ -116,7 +120,7 @@ def sa_pgd(
         if s.warm_start:
             warm = pgd(model, x, y, plan.replace(
                 eps=s.warm_eps, step_size=s.warm_step_size, steps=s.warm_steps, stop_loss=None,
-                restarts=1, extras={}), generator=generator, loss_fn=loss_fn, compact=compact)
+                restarts=1), generator=generator, loss_fn=loss_fn, compact=compact)
             eps_0 = per_sample(s.warm_eps, B, device=device)
             delta0, warm_steps = warm.x_adv - x, warm.steps_used
         else:
@@ -158,8 +162,35 @@ def sa_pgd(
               "misclassified": res.info["misclassified"]})
 
 
+@dataclass
+class SAPGDAttack(Attack):
+    """The configured SA-PGD: the search settings are a typed field of the attack."""
+
+    search: SAPGDSettings = field(default_factory=SAPGDSettings)
+
+    def __post_init__(self) -> None:
+        self.fn = partial(sa_pgd, search=self.search)
+
+
 @ATTACKS.register("sa_pgd")
-def sa_pgd_attack(norm: NormName = "linf", random_start: StartName = "auto",
-                  bn: BNMode = "eval") -> Attack:
-    """Strength-adaptive PGD (SAAT, Algorithm 1): per-sample budgets raised until loss >= rho."""
-    return Attack("sa_pgd", sa_pgd, norm=norm, random_start=random_start, bn=bn)
+def sa_pgd_attack(norm: NormName = "linf", random_start: StartName = "auto", bn: BNMode = "eval",
+                  eps_0: float = 0.0, tau: float | None = 2 / 255, warm_start: bool = False,
+                  warm_eps: float = 8 / 255, warm_step_size: float = 2 / 255,
+                  warm_steps: int = 10) -> Attack:
+    """Strength-adaptive PGD (SAAT, Algorithm 1): per-sample budgets raised until loss >= rho.
+
+    eps_0: starting budget (the paper: 0); tau: budget increase per round (null: one round up
+    to the plan's eps_max); warm_start: standard PGD (warm_eps, warm_step_size, warm_steps)
+    first, then the search from warm_eps (the authors' code, SAAT_up). [0, 1] units."""
+    require_in(eps_0, "attack.eps_0", 0, 1)
+    # the warm-start fields even when it is off, so a typo is caught before it is switched on
+    for name, value in (("tau", tau), ("warm_eps", warm_eps), ("warm_step_size", warm_step_size)):
+        if value is not None:
+            require_in(value, f"attack.{name}", 0, 1, low_open=True)
+    require_in(warm_steps, "attack.warm_steps", 1, MAX_STEPS)
+    require(not (warm_start and eps_0 != 0), "attack.eps_0",
+            "must stay 0 with warm_start (the search starts at warm_eps)")
+    search = SAPGDSettings(eps_0=eps_0, tau=tau, warm_start=warm_start, warm_eps=warm_eps,
+                           warm_step_size=warm_step_size, warm_steps=warm_steps)
+    return SAPGDAttack("sa_pgd", sa_pgd, norm=norm, random_start=random_start, bn=bn,
+                       search=search)

@@ -44,21 +44,18 @@ def single_step(
     plan: AttackPlan,
     *,
     step: float,
-    start: str,
     noise: float = 1.0,
     project: bool = True,
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
     final_eval: bool = False,
 ) -> AttackResult:
-    """One engine step of length ``step * eps_i`` from ``start``: ``uniform`` with radius
-    ``noise * eps_i``, or ``zero`` (x itself, or 0.001 * N(0, 1) when the plan asks for
-    ``normal``); ``project=False`` skips the projection onto the eps-ball."""
-    if start == "zero":
-        start = "normal" if plan.random_start == "normal" else "none"
+    """One engine step of length ``step * eps_i`` from the plan's start: ``uniform`` with
+    radius ``noise * eps_i``, ``none`` (x itself) or TRADES's 0.001 * N(0, 1) (``normal``);
+    ``project=False`` skips the projection onto the eps-ball."""
     eps, _, steps = plan.tensors(x.shape[0], x.device)
-    one = plan.replace(eps=eps, step_size=step * eps, steps=steps.clamp(max=1), random_start=start,
-                       init_scale=noise, project=project)
+    one = plan.replace(eps=eps, step_size=step * eps, steps=steps.clamp(max=1),
+                       random_start=plan.random_start or "none", init_scale=noise, project=project)
     return pgd(model, x, y, one, generator=generator, loss_fn=loss_fn, final_eval=final_eval)
 
 
@@ -74,8 +71,8 @@ def fgsm_attack(step: float = 1.0, norm: NormName = "linf", bn: BNMode = "eval")
     """FGSM from zero (Goodfellow et al. 2015): step = ``step`` * eps (default 1.0 * eps)."""
     require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
-    return Attack("fgsm", partial(single_step, step=step, start="zero"), norm=norm,
-                  random_start="auto", bn=bn)
+    return Attack("fgsm", partial(single_step, step=step), norm=norm, random_start="auto",
+                  bn=bn, default_start="none")
 
 
 @ATTACKS.register("fgsm_rs", traits=ONE_STEP)
@@ -83,7 +80,7 @@ def fgsm_rs_attack(step: float = 1.25, norm: NormName = "linf", bn: BNMode = "ev
     """FGSM-RS (Wong et al. 2020): uniform start in eps, step 1.25 * eps, projected to eps."""
     require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
-    return Attack("fgsm_rs", partial(single_step, step=step, start="uniform"), norm=norm,
+    return Attack("fgsm_rs", partial(single_step, step=step), norm=norm,
                   random_start="uniform", bn=bn)
 
 
@@ -94,6 +91,5 @@ def n_fgsm_attack(k: float = 2.0, step: float = 1.0, norm: NormName = "linf",
     require_in(k, "attack.k", 0, MAX_MULTIPLE, why="the noise radius as a multiple of eps")
     require_in(step, "attack.step", 0, MAX_MULTIPLE, low_open=True, why="a multiple of eps")
     _check_bn(bn)
-    start = "uniform" if k > 0 else "zero"
-    return Attack("n_fgsm", partial(single_step, step=step, start=start, noise=k, project=False),
-                  norm=norm, random_start="uniform" if k > 0 else "auto", bn=bn)
+    return Attack("n_fgsm", partial(single_step, step=step, noise=k, project=False), norm=norm,
+                  random_start="uniform" if k > 0 else "auto", bn=bn, default_start="none")

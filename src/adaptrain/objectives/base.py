@@ -21,13 +21,15 @@ class Objective(Component):
     """
 
     attack_loss: str = "ce"
-    random_start: str | None = None  # None: the attack config's choice
+    # the random start this objective wishes for (TRADES / MART: 0.001 * N(0, 1)); None: the
+    # attack's default. Attack.resolve weighs it against the config and the plan
+    random_start: str | None = None
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
 
     def prepare(self, batch: Batch, plan: AttackPlan) -> AttackPlan:
-        return plan.replace(loss=self.attack_loss, random_start=plan.random_start or self.random_start)
+        return plan.replace(loss=self.attack_loss)
 
     def loss(self, model: nn.Module, batch: Batch, x_adv: torch.Tensor, plan: AttackPlan, *,
              commit: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:  # pragma: no cover

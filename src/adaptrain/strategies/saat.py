@@ -6,14 +6,14 @@ at most eps_max. The model is then trained on the result by whatever objective i
 (PGD-AT's CE; TRADES, whose inner KL loss becomes the constrained loss: SA-TRADES), with or
 without AWP.
 
-Field split: this strategy owns the search (rho, eps_max, eps_0 or the warm start, tau, K,
-alpha), written into the AttackPlan as ``eps`` = eps_max, ``step_size`` = alpha, ``steps`` = K,
-``stop_loss`` = rho and ``extras['sa_pgd']`` (:class:`SAPGDSettings`); the ``attack:`` section
-(``name: sa_pgd``) owns norm, random start and BatchNorm mode, as for every attack.
+Field split: this strategy owns the per-sample budget and stop rule (rho, eps_max, K,
+alpha), planned as ``eps`` = eps_max, ``step_size`` = alpha, ``steps`` = K and ``stop_loss`` =
+rho; the ``attack:`` section (``name: sa_pgd``) owns how the search moves (eps_0 or the warm
+start, tau), norm, random start and BatchNorm mode.
 
 Telemetry per epoch (``RUN/strategy.csv``), over the samples seen in the epoch:
 ``eps_share_<k>`` the share of samples whose final budget is k/255 (one column for every
-integer k from the starting budget to eps_max, so the set is fixed for a run),
+integer k from 0 to eps_max, so the set is fixed for a run),
 ``mean_eps`` (in 1/255 units), ``loss_mean`` / ``loss_q10`` / ``loss_q50`` / ``loss_q90`` of
 the final adversarial loss, ``frac_below_rho`` (samples that never reached rho) and
 ``mean_steps`` (gradient steps per sample, warm start included).
@@ -22,11 +22,11 @@ the final adversarial loss, ``frac_below_rho`` (samples that never reached rho) 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from ..attacks.plan import AttackPlan
-from ..attacks.sa_pgd import SAPGDSettings
 from ..component import MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
 from ..registry import InfFloat, Traits
@@ -37,46 +37,43 @@ QUANTILES = (0.1, 0.5, 0.9)
 RD_CURVE = Traits(eval_curve=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255))
 
 
-@STRATEGIES.register("saat", requires={"attack": "sa_pgd"}, traits=RD_CURVE)
+def search_fits(sections: dict[str, dict[str, Any]]) -> None:
+    """The sa_pgd search (attack section) starts inside eps_max and ends within MAX_STEPS."""
+    strategy, attack = sections["strategy"], sections["attack"]
+    eps_max, start = strategy["eps_max"], attack["eps_0"]
+    if attack["warm_start"]:
+        start = attack["warm_eps"]
+        require(start <= eps_max, "attack.warm_eps",
+                f"must be at most strategy.eps_max ({eps_max:.6g}) with warm_start, got {start:.6g}")
+    require(attack["eps_0"] <= eps_max, "attack.eps_0",
+            f"must be at most strategy.eps_max ({eps_max:.6g}), got {attack['eps_0']:.6g}")
+    tau = attack["tau"]
+    rounds = 1 if tau is None else max(1, math.ceil((eps_max - start) / tau))
+    require(rounds * strategy["steps"] <= MAX_STEPS, "attack.tau",
+            f"the search takes up to {rounds} rounds of {strategy['steps']} steps per sample; at "
+            f"most {MAX_STEPS} steps: raise attack.tau or lower strategy.steps")
+
+
+@STRATEGIES.register("saat", requires={"attack": "sa_pgd"}, cross_check=search_fits,
+                     traits=RD_CURVE)
 class SAAT(Strategy):
     """Strength-adaptive AT: per-sample budgets searched by SA-PGD until loss >= rho."""
 
     state_keys = ("eps_last", "loss_last", "steps_last", "reached_last", "seen")
 
     def __init__(self, ctx: RunContext, rho: InfFloat = 1.5, eps_max: float = 8 / 255,
-                 eps_0: float = 0.0, tau: float = 2 / 255, step_size: float = 2 / 255,
-                 steps: int = 3, warm_start: bool = False, warm_eps: float = 8 / 255,
-                 warm_step_size: float = 2 / 255, warm_steps: int = 10) -> None:
+                 step_size: float = 2 / 255, steps: int = 3) -> None:
         """rho: minimum adversarial loss (<= 0: natural training; .inf: always eps_max).
-        eps_max: largest budget; eps_0: starting budget (the paper: 0). tau: budget increase
-        per round; steps (K) PGD steps of step_size (alpha) per round. warm_start: standard
-        PGD (warm_eps, warm_step_size, warm_steps) first, then the search from warm_eps for
-        the samples still below rho (the authors' code, SAAT_up). Budgets in [0, 1] units."""
+        eps_max: largest budget; steps (K) PGD steps of step_size (alpha) per round of the
+        search (the attack section sets where it starts and tau). Budgets in [0, 1] units."""
         super().__init__(ctx)
         require(not math.isnan(rho), "strategy.rho", "must be a number (.inf allowed)")
         require(0 < eps_max <= 1, "strategy.eps_max", f"must be in (0, 1], got {eps_max}")
-        require(0 <= eps_0 <= eps_max, "strategy.eps_0", f"must be in [0, eps_max], got {eps_0}")
-        # budgets and steps in [0, 1] image units; the warm-start fields even when it is off, so
-        # that a typo is caught before someone switches it on
-        for name, value in (("tau", tau), ("step_size", step_size), ("warm_eps", warm_eps),
-                            ("warm_step_size", warm_step_size)):
-            require_in(value, f"strategy.{name}", 0, 1, low_open=True)
+        require_in(step_size, "strategy.step_size", 0, 1, low_open=True)
         require_in(steps, "strategy.steps", 1, MAX_STEPS)
-        require_in(warm_steps, "strategy.warm_steps", 1, MAX_STEPS)
-        if warm_start:
-            require(eps_0 == 0, "strategy.eps_0",
-                    "must stay 0 with warm_start (the search starts at warm_eps)")
-            require(0 < warm_eps <= eps_max, "strategy.warm_eps",
-                    f"must be in (0, eps_max] with warm_start, got {warm_eps}")
-        rounds = math.ceil((eps_max - (warm_eps if warm_start else eps_0)) / tau)
-        require(rounds * steps <= MAX_STEPS, "strategy.tau",
-                f"the search takes up to {rounds} rounds of {steps} steps per sample; at most "
-                f"{MAX_STEPS} steps: raise tau or lower steps")
         self.rho, self.eps_max, self.step_size, self.steps = float(rho), eps_max, step_size, steps
-        self.settings = SAPGDSettings(eps_0=eps_0, tau=tau, warm_start=warm_start, warm_eps=warm_eps,
-                                      warm_step_size=warm_step_size, warm_steps=warm_steps)
-        # telemetry bins in 1/255 units: every integer budget the search can end at
-        self.bin_lo = round(255 * (warm_eps if warm_start else eps_0))
+        # telemetry bins in 1/255 units: every integer budget up to eps_max
+        self.bin_lo = 0
         self.bin_hi = round(255 * eps_max)
         n, device = ctx.num_train, ctx.device
         self.eps_last = torch.zeros(n, device=device)
@@ -87,7 +84,7 @@ class SAAT(Strategy):
 
     def plan(self, batch: Batch) -> AttackPlan:
         return AttackPlan(eps=self.eps_max, step_size=self.step_size, steps=self.steps,
-                          stop_loss=self.rho, extras={"sa_pgd": self.settings})
+                          stop_loss=self.rho)
 
     def start_epoch(self, epoch: int) -> None:
         self.seen.zero_()
