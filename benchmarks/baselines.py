@@ -1,25 +1,20 @@
-"""Baselines benchmarks (issue 4): the cost of AWP over its base objective, and catastrophic
-overfitting of FGSM-RS vs N-FGSM with the detector of ``adaptrain.overfitting``.
+"""Does single-step adversarial training overfit catastrophically, and does the detector of
+``adaptrain.overfitting`` see it? FGSM-RS vs N-FGSM at each budget.
 
 Usage (from the repository root; CIFAR-10 as an ImageFolder tree or .tar.gz):
 
-    PYTHONPATH=src python benchmarks/baselines.py awp-time --data /path/cifar10-jpeg.tar.gz
-    PYTHONPATH=src python benchmarks/baselines.py co --data /path/cifar10-jpeg.tar.gz
+    PYTHONPATH=src python benchmarks/baselines.py --data /path/cifar10-jpeg.tar.gz
 
-``awp-time`` times one training epoch (a few batches) of PGD-AT, AT-AWP, TRADES and
-TRADES-AWP through the real loop (``adaptrain.train.train_epoch``) on a narrow
-PreActResNet-18, interleaving the variants (A, B, C, D, A, ...) and reporting medians, the
-AWP / base ratios (AWP's authors report about +9%) and exact pass counts of the model and of
-AWP's proxy. ``co`` trains FGSM-RS and N-FGSM at each budget over a short schedule on a
-CIFAR-10 subset and reports, per epoch, clean / PGD-10 / FGSM validation accuracy and whether
-the detector fires. JSON goes to stdout, progress to stderr.
+Trains FGSM-RS and N-FGSM at each budget over a short schedule on a CIFAR-10 subset and
+reports, per epoch, clean / PGD-10 / FGSM validation accuracy and whether the detector fires.
+JSON goes to stdout, progress to stderr. (What AWP costs over its base objective is
+``adaptrain bench --plan benchmarks/plans/bench-awp.yaml``, docs/bench.md.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -31,63 +26,11 @@ import torch
 from adaptrain import train as train_mod
 from adaptrain.config import build_config
 from adaptrain.overfitting import catastrophic_overfitting
-from adaptrain.profiling import count_passes
-
-AWP_VARIANTS = {  # name -> (preset, extra overrides)
-    "pgd_at": ("pgd-at", []),
-    "awp": ("awp", []),
-    "trades": ("trades", ["strategy.step_size=2/255"]),  # the step TRADES-AWP uses
-    "trades_awp": ("trades-awp", ["awp.warmup=0"]),  # timed at an epoch with AWP on
-}
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
     return ["data.name=imagefolder", f"data.root={args.data}", f"data.batch_size={args.batch_size}",
             f"model.width={args.width}", "model.name=preact_resnet18", f"seed={args.seed}"]
-
-
-# ---------------------------------------------------------------------------------------
-# awp-time
-
-
-def awp_time(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="awp-time-"))
-    over = [*data_overrides(args), f"data.subset={args.batch_size * args.batches}", "data.val_size=0",
-            "eval.n=16", "epochs=1"]
-    runs = {}
-    for name, (preset, extra) in AWP_VARIANTS.items():
-        runs[name] = train_mod.setup(build_config(preset, [*over, *extra]), tmp / name)
-        train_mod.train_epoch(runs[name], 0, bar=False)  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.repeats):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            train_mod.train_epoch(run, 0, bar=False)
-            times[name].append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}/{args.repeats}: "
-              + ", ".join(f"{n} {t[-1]:.1f}s" for n, t in times.items()), file=sys.stderr)
-    passes = {}
-    for name, run in runs.items():
-        with count_passes(run.model) as c:
-            if run.awp is None:
-                train_mod.train_epoch(run, 0, bar=False)
-                proxy = (0.0, 0.0)
-            else:
-                with count_passes(run.awp.proxy) as cp:
-                    train_mod.train_epoch(run, 0, bar=False)
-                proxy = cp.per_batch(args.batch_size, args.batches)
-        model = c.per_batch(args.batch_size, args.batches)
-        passes[name] = {"model_F": model[0], "model_B": model[1], "proxy_F": proxy[0],
-                        "proxy_B": proxy[1]}
-    med = {name: statistics.median(v) for name, v in times.items()}
-    return {"seconds_per_epoch": med,
-            "ratio_awp_over_pgd_at": med["awp"] / med["pgd_at"],
-            "ratio_trades_awp_over_trades": med["trades_awp"] / med["trades"],
-            "passes_per_batch": passes, "samples_s": times}
-
-
-# ---------------------------------------------------------------------------------------
-# co
 
 
 def co(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,21 +75,18 @@ def _read_history(out: Path) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["awp-time", "co"])
     p.add_argument("--data", required=True, help="CIFAR-10 ImageFolder directory or .tar.gz")
     p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 = full)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batches", type=int, default=4, help="awp-time: batches per timed epoch")
-    p.add_argument("--repeats", type=int, default=3, help="awp-time: interleaved repeats")
-    p.add_argument("--subset", type=int, default=10000, help="co: training images")
-    p.add_argument("--val", type=int, default=500, help="co: held-out validation images")
-    p.add_argument("--epochs", type=int, default=15, help="co: epochs of the cyclic schedule")
-    p.add_argument("--eps", type=float, nargs="+", default=[8, 16], help="co: budgets in 1/255")
-    p.add_argument("--methods", nargs="+", default=["fgsm-rs", "n-fgsm"], help="co: presets")
-    p.add_argument("--out", default=None, help="co: directory for the run directories")
+    p.add_argument("--subset", type=int, default=10000, help="training images")
+    p.add_argument("--val", type=int, default=500, help="held-out validation images")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of the cyclic schedule")
+    p.add_argument("--eps", type=float, nargs="+", default=[8, 16], help="budgets in 1/255")
+    p.add_argument("--methods", nargs="+", default=["fgsm-rs", "n-fgsm"], help="presets")
+    p.add_argument("--out", default=None, help="directory for the run directories")
     args = p.parse_args()
-    result = awp_time(args) if args.what == "awp-time" else co(args)
+    result = co(args)
     result["settings"] = dict(vars(args))
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result, indent=2))

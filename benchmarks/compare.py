@@ -3,7 +3,7 @@ evaluate the best and last checkpoints with the same attacks, and tabulate mean 
 
 A plan is a YAML file:
 
-    common: [data.name=imagefolder, data.root=../shared/data/cifar10-jpeg.tar.gz, epochs=15, ...]
+    common: [data.name=imagefolder, "data.root={data_root}/cifar10-jpeg.tar.gz", epochs=15, ...]
     seeds: [0, 1]
     include: common.yaml      # optional: defaults for common / seeds / eval / checkpoints
     checkpoints: [best, last] # optional: which checkpoints to evaluate (default both)
@@ -16,6 +16,9 @@ A plan is a YAML file:
 Usage (from the repository root):
 
     python benchmarks/compare.py PLAN.yaml --out bench-out/NAME --workers 2 [--only a,b] [--dry-run]
+
+``{data_root}`` in a plan's strings is the data directory: ``--data-root DIR``, else the
+environment variable ADAPTRAIN_DATA_ROOT, else ``../shared/data`` next to the repository.
 
 Every run is a subprocess (``adaptrain train`` then ``adaptrain eval``) with
 ``OMP_NUM_THREADS=--threads``; finished runs and evaluations are skipped, so re-running the
@@ -160,14 +163,35 @@ def _metrics(d: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def load_plan(path: Path) -> dict:
-    """A plan, with ``include: other.yaml`` (relative to it) supplying defaults for its keys."""
+DATA_ROOT_ENV = "ADAPTRAIN_DATA_ROOT"
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_root(flag: str | None) -> Path:
+    """``--data-root``, else $ADAPTRAIN_DATA_ROOT, else ../shared/data beside the repository."""
+    return Path(flag or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT).expanduser().resolve()
+
+
+def fill(value, root: Path):
+    """Every ``{data_root}`` in the plan's strings (nested lists / mappings too) -> ``root``."""
+    if isinstance(value, str):
+        return value.replace("{data_root}", str(root))
+    if isinstance(value, list):
+        return [fill(v, root) for v in value]
+    if isinstance(value, dict):
+        return {k: fill(v, root) for k, v in value.items()}
+    return value
+
+
+def load_plan(path: Path, root: Path | None = None) -> dict:
+    """A plan, with ``include: other.yaml`` (relative to it) supplying defaults for its keys;
+    with ``root``, ``{data_root}`` filled in."""
     plan = yaml.safe_load(path.read_text())
     inc = plan.pop("include", None)
     if inc:
         base = load_plan(path.parent / inc)
         plan = {**base, **plan}
-    return plan
+    return plan if root is None else fill(plan, root)
 
 
 def main() -> None:
@@ -178,12 +202,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
     p.add_argument("--only", default=None, help="comma list of labels")
     p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
+    p.add_argument("--data-root", default=None,
+                   help=f"fills {{data_root}} in the plan (default ${DATA_ROOT_ENV}, else ../shared/data "
+                        "beside the repository)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--collect", action="store_true", help="only tabulate what exists")
     p.add_argument("--name", default="results",
                    help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, data_root(args.data_root))
     if args.seeds:
         plan["seeds"] = [int(v) for v in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

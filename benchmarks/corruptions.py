@@ -1,4 +1,4 @@
-"""Corruption benchmark (issue 3, item 7): wall time of every corruption at every severity on the
+"""Corruption cost: wall time of every corruption at every severity on the
 first ``--n`` CIFAR-10 test images, as one batch or in batches of ``--batch-size``.
 
 Usage (from the repository root; CIFAR-10 as an ImageFolder tree or .tar.gz):

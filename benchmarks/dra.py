@@ -1,4 +1,4 @@
-"""DRA fine-tuning benchmarks (issue 9): does fine-tuning a clean model on clean + DRA examples
+"""DRA fine-tuning benchmarks: does fine-tuning a clean model on clean + DRA examples
 raise PGD robustness without costing clean accuracy (Hou et al., Tables II-IV, VI)?
 
 Sections (``--sections``, comma list; all by default):

@@ -1,4 +1,4 @@
-"""Evaluation benchmarks (issue 3): wall time of AutoAttack standard on CIFAR-10 test images with
+"""Evaluation cost: wall time of AutoAttack standard on CIFAR-10 test images with
 the share of each sub-attack, cascade (official AutoAttack behaviour: each sub-attack on the
 survivors) vs each sub-attack on every clean-correct example; and the complete evaluation of
 one adversarially trained model.

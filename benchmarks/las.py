@@ -1,4 +1,4 @@
-"""LAS-AT cost benchmark (issue 8): per-epoch time of LAS-PGD-AT vs PGD-10-AT, LAS-TRADES vs
+"""Where does LAS-AT's cost go? Per-epoch time of LAS-PGD-AT vs PGD-10-AT, LAS-TRADES vs
 TRADES and LAS-AWP vs AWP through the real training loop, with the cost broken down into the
 attack, the policy forward, the reward (look-ahead + evaluation attack), the policy update,
 AWP's proxy step and the rest (objective forward/backward, optimiser step).

@@ -1,4 +1,5 @@
-"""Reliability before/after the issue 16 fixes: a kill-point sweep and the issue's reproductions.
+"""Does a run survive a kill at any write step, and do the reported failures (a)-(h) still happen?
+Measured on the trees before and after the crash-safety and error-reporting fixes.
 
 What it measures, for two source trees (``--before``, ``--after``; each is put first on
 PYTHONPATH of every child process, so the same interpreter runs either):
@@ -22,7 +23,7 @@ PYTHONPATH of every child process, so the same interpreter runs either):
    temporary files), and no epoch trained again whose complete checkpoint was on disk at the
    kill. Every child runs with one thread (OMP_NUM_THREADS=1, ``torch.set_num_threads(1)``),
    so runs are bit-reproducible.
-2. **The issue's single-command reproductions** (a)-(h), each run against both trees, with
+2. **The single-command reproductions of the reported failures** (a)-(h), each run against both trees, with
    the exit code, the first line of stderr and whether the bad state happened.
 
 Both trees run one after the other, never at once (about 40 minutes in all on 2 CPU cores:
@@ -371,7 +372,7 @@ def aligned(before: list[KillPoint], after: list[KillPoint]) -> list[Pair]:
     return rows
 
 
-# ---------------------------------------------------------------- 2. the issue's reproductions
+# ------------------------------------------------ 2. reproductions of the reported failures
 
 
 @dataclass
@@ -458,7 +459,7 @@ def case_b(src: Path, work: Path, base: Path) -> list[Case]:
 
 def case_c(src: Path, work: Path, base: Path) -> list[Case]:
     """Both spellings: ``--resume R epochs=V`` (the old parser read epochs=V as the preset)
-    and the issue's ``quickstart epochs=V --resume R`` (which reached the old override code)."""
+    and the reported ``quickstart epochs=V --resume R`` (which reached the old override code)."""
     cases = []
     for form in ("after", "preset"):
         for value in ("0", "1.5", "abc", "1"):
@@ -655,7 +656,7 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")),
                platform.processor())
     bad = (sum(c.bad for c in bc), sum(c.bad for c in ac))
-    return f"""# Reliability measured before and after the issue 16 fixes
+    return f"""# Reliability measured before and after the crash-safety and error-reporting fixes
 
 Measured {res['after']['date']} on a {os.cpu_count()}-core CPU ({cpu}), Python
 {platform.python_version()}, torch {torch.__version__}, one thread per process. Before: the
@@ -689,16 +690,16 @@ file write (which then renames its `.NAME.part-*` file into place).
 
 {sweep_table(bk, ak)}
 
-## The issue's reproductions
+## Reproductions of the reported failures
 
 Each on a fresh directory; small configs (quickstart with `data.subset=128 model.width=4
 eval.n=32`, 1 epoch, except where the case says otherwise). (b), (c) and (h) start from a
 finished copy of `adaptrain train quickstart epochs=2 data.subset=128 model.width=4
 eval.n=32 --out base`. (c) is run in both spellings: `--resume R epochs=V` (the old parser
-took `epochs=V` for the preset, as in (b)) and the issue's `quickstart epochs=V --resume R`
+took `epochs=V` for the preset, as in (b)) and the reported `quickstart epochs=V --resume R`
 (which reached the old override code); where the command changed the run, an `eval` and a
-plain `--resume` follow to see whether the run is still usable. BAD marks the defect the
-issue describes (for (c), (f) and (h): anything but exit 2 with one `error:` line, the run
+plain `--resume` follow to see whether the run is still usable. BAD marks the reported
+defect (for (c), (f) and (h): anything but exit 2 with one `error:` line, the run
 untouched and no directory left behind). Bad states: before
 {bad[0]} of {len(bc)}, after {bad[1]} of {len(ac)}.
 

@@ -1,4 +1,4 @@
-"""SAAT benchmark (issue 6): forward / backward passes per batch and training time of SAAT-up vs
+"""What does SAAT's search cost? Forward / backward passes per batch and training time of SAAT-up vs
 PGD-AT, next to the pass counts of the SAAT authors' released code.
 
 Usage (from the repository root):
