@@ -135,10 +135,11 @@ def measure(runs: dict[str, Run], args: argparse.Namespace) -> dict[str, Any]:
             if key in telemetry:
                 out[name][key] = telemetry[key]
         s = run.cfg.strategy
-        if s["name"] == "saat" and s["warm_start"]:
-            rounds = math.ceil(round((s["eps_max"] - s["warm_eps"]) / s["tau"], 4))
+        a = run.cfg.attack  # the search settings are the sa_pgd attack's fields
+        if s["name"] == "saat" and a["warm_start"]:
+            rounds = math.ceil(round((s["eps_max"] - a["warm_eps"]) / a["tau"], 4))
             out[name]["authors_code_replayed"] = authors_replay(
-                run.attack.steps, s["warm_steps"], s["steps"], rounds)
+                run.attack.steps, a["warm_steps"], s["steps"], rounds)
     names = list(runs)
     out["time_ratio"] = out[names[1]]["epoch_s"] / out[names[0]]["epoch_s"]
     return out
