@@ -9,6 +9,11 @@ Modes: ``cascade`` (default): each attack runs on the survivors of every earlier
 ``accuracy[attack]`` is cumulative; ``independent``: every attack runs on every clean-correct
 example. Both give the same ``worst_case``; the sub-attacks of ``aa`` always cascade.
 Inputs in [0, 1], budgets in [0, 1] image units. Details: docs/evaluation.md.
+
+Under ``torchrun`` (a ``World`` of several ranks) each job's chunks are dealt to the ranks and
+every chunk's results are gathered after each step (:mod:`.shard`), so every rank holds the whole
+state and runs the same cascade; only rank 0 reads and writes the state file. Per example, the
+results are those of a single process (the same chunks where the chunking matters).
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import engine, make_loss
+from ..distributed import SINGLE, World
 from ..errors import ConfigError
 from . import aa as aa_mod
 from . import checks as checks_mod
+from . import shard
 from .curve import robustness_disparity
 from .guards import (
     BF16_WARNING,
     Autocast,
+    EvaluationError,
     assert_buffers_unchanged,
     assert_eval_mode,
     buffers_snapshot,
@@ -97,11 +105,16 @@ def chunking_matters(s: EvalSettings) -> bool:
     """Whether results depend on how examples are cut into chunks: the official AutoAttack seeds
     its random starts per call (one call per chunk) and corruptions draw their noise per chunk,
     so a state saved with another batch size must not be resumed into these jobs."""
+    return uses_aa(s) or bool(s.corruptions)
+
+
+def uses_aa(s: EvalSettings) -> bool:
+    """Whether the official AutoAttack runs (an ``--attacks`` entry or the curve's attack)."""
     specs = parse_list(list(s.attacks), aa_version=s.aa_version, aa_attacks=s.aa_attacks)
     if s.curve:
         specs.append(parse_spec(s.curve_attack, "--curve-attack", aa_version=s.aa_version,
                                 aa_attacks=s.aa_attacks))
-    return any(sp.kind == "aa" for sp in specs) or bool(s.corruptions)
+    return any(sp.kind == "aa" for sp in specs)
 
 
 def check_budgets(s: EvalSettings) -> None:
@@ -118,13 +131,16 @@ class Evaluator:
     """Runs jobs in chunks against a state; see the module docstring."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings,
-                 state: EvalState, device: torch.device, progress: bool | None) -> None:
+                 state: EvalState, device: torch.device, progress: bool | None,
+                 world: World = SINGLE) -> None:
         self.model = model
         self.x, self.y = x, y
         self.s = settings
         self.state = state
         self.device = device
-        self.progress = progress
+        self.progress = progress if world.main else False
+        self.world = world
+        self._failure: Exception | None = None  # this rank's failed chunk (see _chunk)
         self.n = int(y.shape[0])
         param = next(model.parameters(), None)
         # float64 models (tests) get float64 inputs; everything else float32
@@ -135,27 +151,59 @@ class Evaluator:
         xb = xb.to(self.dtype).div_(255.0) if xb.dtype == torch.uint8 else xb.to(self.dtype)
         return xb, self.y[idx].to(self.device, non_blocking=True)
 
-    def run(self, name: str, on: torch.Tensor, chunk: Chunk, data: Callable | None = None
-            ) -> torch.Tensor:
+    def run(self, name: str, on: torch.Tensor, chunk: Chunk, data: Callable | None = None,
+            keyed: bool = False) -> torch.Tensor:
         """Run job ``name`` on the examples ``on`` (N,) bool; returns (N,) bool: correct after
-        the job for those examples (True elsewhere: not attacked by this job)."""
+        the job for those examples (True elsewhere: not attacked by this job). ``keyed``: an
+        example's result does not depend on its chunk's other examples (the chunks may then
+        be sized to balance the ranks; see :mod:`.shard`)."""
         todo = (on & ~self.state.done_mask(name)).nonzero().squeeze(1)
-        bs = self.s.batch_size
+        w = self.world
+        parts = shard.chunks(todo, self.s.batch_size, w.size, keyed)
         bar = tqdm(total=int(todo.numel()), desc=name, leave=False, dynamic_ncols=True,
                    disable=True if self.progress is False else None)
         try:
-            for start in range(0, int(todo.numel()), bs):
-                idx = todo[start:start + bs]
-                xb, yb = (data or self.batch)(idx)
-                t0 = time.perf_counter()
-                correct, flags = chunk(xb, yb, idx.to(self.device))
-                self.state.record(name, idx, correct.cpu(), time.perf_counter() - t0, flags)
-                bar.update(int(idx.numel()))
+            for first in range(0, len(parts), w.size):
+                step = parts[first:first + w.size]
+                mine = step[w.rank] if w.rank < len(step) else None
+                done = shard.gather_objects(w, None if mine is None else
+                                            self._chunk(mine, chunk, data))
+                self._raise_failures(name, done)
+                seconds = max(d[2] for d in done if d is not None)  # the step's wall time
+                for j, (idx, (correct, flags, _, _)) in enumerate(zip(step, done, strict=False)):
+                    self.state.record(name, idx, correct, seconds if j == 0 else 0.0, flags)
+                bar.update(sum(int(idx.numel()) for idx in step))
         finally:  # an interruption keeps every finished chunk
             self.state.save(force=True)
             bar.close()
         self.state.finish(name)
         return self.state.correct(name) | ~on
+
+    def _chunk(self, idx: torch.Tensor, chunk: Chunk, data: Callable | None
+               ) -> tuple[torch.Tensor | None, list[str], float, str | None]:
+        """One chunk on this rank -> (correct (b,) bool on the CPU, flags, seconds, None). With
+        several ranks a failure comes back as (None, [], 0, message) and is raised on every
+        rank after the step's gather (:meth:`_raise_failures`), instead of leaving the other
+        ranks waiting for this one until the timeout."""
+        try:
+            xb, yb = (data or self.batch)(idx)
+            t0 = time.perf_counter()
+            correct, flags = chunk(xb, yb, idx.to(self.device))
+            return correct.cpu(), list(flags), time.perf_counter() - t0, None
+        except Exception as exc:
+            if not self.world.many:
+                raise
+            self._failure = exc
+            return None, [], 0.0, f"{type(exc).__name__}: {exc}"
+
+    def _raise_failures(self, name: str, done: list) -> None:
+        failed = [(r, d[3]) for r, d in enumerate(done) if d is not None and d[3] is not None]
+        if not failed:
+            return
+        if self._failure is not None:
+            raise self._failure
+        rank, message = failed[0]
+        raise EvaluationError(name, f"rank {rank} failed: {message}")
 
     # chunk functions -------------------------------------------------------------------
 
@@ -181,7 +229,8 @@ class Evaluator:
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One ``--attacks`` entry on ``on``: (survivors (N,) bool, per-job survivors)."""
         if spec.kind != "aa":
-            ok = self.run(prefix + spec.name, on, self.attack_chunk(spec, None, eps, step))
+            ok = self.run(prefix + spec.name, on, self.attack_chunk(spec, None, eps, step),
+                          keyed=True)
             return on & ok, {spec.name: on & ok}
         alive, subs = on.clone(), {}
         for sub in spec.subs:
@@ -191,10 +240,14 @@ class Evaluator:
         return alive, subs
 
     def zero_gradient_fraction(self, on: torch.Tensor) -> float | None:
-        """Fraction of the ``on`` examples whose CE input gradient is exactly zero (1 F + 1 B)."""
+        """Fraction of the ``on`` examples whose CE input gradient is exactly zero (1 F + 1 B);
+        each rank checks its shard of them."""
         idx = on.nonzero().squeeze(1)
         if idx.numel() == 0:
             return None
+        total = int(idx.numel())
+        rows = self.world.shard(total)
+        idx = idx[rows.start:rows.stop]
         zero = 0
         ce = make_loss("ce")
         for start in range(0, int(idx.numel()), self.s.batch_size):
@@ -203,23 +256,36 @@ class Evaluator:
             loss, _ = ce(self.model, xb, yb, torch.arange(xb.shape[0]))
             (g,) = torch.autograd.grad(loss.float().sum(), xb)
             zero += int((g.flatten(1).abs().amax(1) == 0).sum())
-        return zero / int(idx.numel())
+        count = torch.tensor([float(zero)], device=self.device if self.world.many else "cpu")
+        self.world.sum_(count)
+        return int(count.item()) / total
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, *,
              state_path=None, progress: bool | None = None, device: torch.device | None = None,
-             log: Callable[[str], None] | None = None, save_every_s: float = 5.0) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, save_every_s: float = 5.0,
+             world: World = SINGLE) -> dict[str, Any]:
     """Evaluate ``model`` on x (N, C, H, W) uint8 or [0, 1] float, y (N,); returns the result
     dict (the ``adaptrain eval`` JSON without provenance). Resumes from ``state_path``, which
-    is written at most every ``save_every_s`` seconds (and at the end of every job)."""
+    is written at most every ``save_every_s`` seconds (and at the end of every job).
+
+    With a ``world`` of several ranks, every rank calls this with the same model, x, y and
+    settings; the work is sharded and every rank returns the whole result; only rank 0 reads
+    and writes ``state_path`` and logs."""
     s = settings
+    model = shard.unwrap(model)
+    log = log if world.main else None
     check_finite(model)
     device = device or next(model.parameters()).device
     specs = parse_list(list(s.attacks), aa_version=s.aa_version, aa_attacks=s.aa_attacks)
     step = parse_step(s.step)
     check_budgets(s)
     warnings_out = check_inputs(x)
-    state = EvalState(state_path, fingerprint(model, x, y, s), int(y.shape[0]), save_every_s)
+    state = EvalState(state_path if world.main else None, fingerprint(model, x, y, s),
+                      int(y.shape[0]), save_every_s)
+    if world.many:  # rank 0's saved state (if any) is everyone's
+        state.jobs, state.resumed, state.stale = shard.broadcast_object(
+            world, (state.jobs, state.resumed, state.stale))
     if state.resumed and log:
         log(f"resuming the evaluation from {state_path}")
     if state.stale and log:
@@ -238,9 +304,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
                            else "independent"}
     with engine.frozen_model(model, "eval"):
         assert_eval_mode(model, "before the attacks")
-        ev = Evaluator(net, x, y, s, state, device, progress)
+        ev = Evaluator(net, x, y, s, state, device, progress, world)
         everything = torch.ones(n, dtype=torch.bool)
-        clean = everything & ev.run("clean", everything, ev.clean_chunk)
+        clean = everything & ev.run("clean", everything, ev.clean_chunk, keyed=True)
         accuracy = {"clean": clean.float().mean().item()}
         per_job: dict[str, torch.Tensor] = {"clean": clean}
         survivors = clean.clone()
