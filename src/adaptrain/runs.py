@@ -9,6 +9,7 @@ user would change (``--config``, ``--device``, ``--split``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +103,15 @@ def split_arrays(cfg: Config, arrays: Any, split: str) -> tuple[torch.Tensor, to
     return sp.x_val, sp.y_val
 
 
-def examples(cfg: Config, arrays: Any, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` examples of the split (all of them, said in one line, if it is smaller)."""
+def examples(cfg: Config, arrays: Any, split: str, n: int, say: Callable[[str], None] | None = print
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of the split (all of them, said in one line through ``say``, if
+    it is smaller)."""
     x, y = split_arrays(cfg, arrays, split)
     have = int(y.shape[0])
     if have == 0:
         raise ConfigError("--split", f"the {split} split of {cfg.data.name} is empty (the run's "
                           f"data.val_size is {cfg.data.val_size}); use --split test")
-    if n > have:
-        print(f"note: the {split} split has {have} examples; evaluating all of them (--n {n})")
+    if n > have and say is not None:
+        say(f"note: the {split} split has {have} examples; evaluating all of them (--n {n})")
     return x[:n], y[:n]

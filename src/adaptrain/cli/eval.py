@@ -2,7 +2,8 @@
 
 Writes ``RUN/eval/<checkpoint>.json`` (or ``--out``), a markdown table next to it, the
 eps-curve plot when a curve was asked for, and while running a ``.state.json`` from which an
-interrupted evaluation resumes (delete it, or pass ``--fresh``, to start over).
+interrupted evaluation resumes (delete it, or pass ``--fresh``, to start over; ``--keep-state``
+keeps it, with every job's per-example results, after the end).
 
 The work is ordered so that a mistake costs seconds, not the evaluation: every flag is parsed
 and range-checked first (one line ``error: --flag: ...``, exit code 2, nothing loaded or
@@ -11,6 +12,12 @@ then the model (refused if it holds NaN / inf) and the data are loaded; only the
 destination created and an exclusive lock taken on ``.<name>.lock`` next to it, held for the
 whole evaluation, so two evaluations of one destination cannot mix. Results are written
 atomically (:mod:`adaptrain.fileio`).
+
+Under ``torchrun --nproc_per_node=K -m adaptrain eval ...`` every rank runs this command; the
+examples are sharded over the ranks and their per-example results gathered (results identical
+to one process; see docs/evaluation.md). Rank 0 alone holds the lock, writes the state, the
+results and the plot, and prints; the other ranks stay silent. On the CPU each rank uses its
+share of the cores (``OMP_NUM_THREADS`` wins).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 
 from .. import checkpoint, fileio
 from ..config import Config
+from ..distributed import World
 from ..errors import ConfigError
 from ..runs import config_for, examples, load_weights_into_model, parse_device
 from .args import budget, choice, integer, items
@@ -228,40 +236,74 @@ def write_results(dest: Path, doc: dict[str, Any], label: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``adaptrain eval``: every check that can fail runs before the evaluation does, cheapest
-    first, so a mistake never costs the evaluation's hours (see the module docstring)."""
+    first, so a mistake never costs the evaluation's hours (see the module docstring). Every
+    rank parses the same command line, so a bad flag stops every rank alike."""
     settings_from_args(args)  # bad arguments stop here, before anything is read
+    world = World.from_env(str(args.device))
+    try:
+        return _run(args, world)
+    finally:
+        world.close()
+
+
+def _share_cores(world: World) -> None:
+    """On the CPU, each of the ranks on this machine gets its share of the cores."""
+    from ..threads import apply_threads, default_threads
+
+    apply_threads(default_threads(world.local_size))
+
+
+def _run(args: argparse.Namespace, world: World) -> int:
     cfg, run_dir = config_for(args.target, args.config)
     settings = settings_from_args(args, cfg)
-    device = parse_device(args.device)
+    device = parse_device(world.device(str(args.device)))
+    if world.many and device.type == "cpu":
+        _share_cores(world)
     weights = checkpoint.resolve(Path(args.target), args.checkpoint)
     dest = destination(args, run_dir)
     check_writable(dest)
     model, arrays = load_weights_into_model(cfg, weights, device)
-    x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N))
+    x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N),
+                    say=print if world.main else None)
     with ExitStack() as stack:
-        hold_destination(stack, dest)
-        return _evaluate_into(args, cfg, settings, model, x, y, dest)
+        failed: ConfigError | None = None
+        if world.main:  # rank 0 alone holds the destination
+            try:
+                hold_destination(stack, dest)
+            except ConfigError as exc:
+                failed = exc
+        if world.any(failed is not None):
+            if failed is not None:
+                raise failed
+            return 2  # rank 0 says why
+        return _evaluate_into(args, cfg, settings, model, x, y, dest, world)
 
 
 def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
-                   x: torch.Tensor, y: torch.Tensor, dest: Path) -> int:
+                   x: torch.Tensor, y: torch.Tensor, dest: Path, world: World) -> int:
     """The evaluation proper, under the destination's lock; resumable from the state file."""
     from ..evaluate import checks as checks_mod
     from ..evaluate import evaluate
+    from ..evaluate.aa import SHARDING as AA_SHARDING
     from ..evaluate.aa import version as aa_version
     from ..evaluate.results import json_ready
+    from ..evaluate.runner import uses_aa
     from ..rundir import versions
 
     state_path = dest.with_name(dest.stem + ".state.json")
-    if args.fresh:
+    if args.fresh and world.main:
         state_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
         result = evaluate(model, x, y, settings, state_path=state_path,
-                          progress=False if args.quiet else None, log=print)
+                          progress=False if args.quiet else None, log=print, world=world)
     except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to resume from {state_path}", file=sys.stderr)
+        if world.main:
+            print(f"interrupted; run the same command again (with any number of ranks) to "
+                  f"resume from {state_path}", file=sys.stderr)
         return 130
+    if not world.main:
+        return 0
     provenance = {
         **versions(), "autoattack": aa_version(), "target": str(args.target),
         "checkpoint": args.checkpoint, "data": cfg.data.name, "split": args.split,
@@ -270,11 +312,15 @@ def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch
         "aa_attacks": list(settings.aa_attacks) if settings.aa_attacks else None,
         "jobs_run": list(result["_state"].jobs), "batch_size": settings.batch_size,
         "device": str(next(model.parameters()).device), "bf16": settings.bf16,
+        "world_size": world.size,
+        # whether AutoAttack's per-example results are those of one process, as measured
+        "aa_sharding": AA_SHARDING if uses_aa(settings) else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     doc = json_ready(result, provenance)
     md = write_results(dest, doc, args.checkpoint)
-    result["_state"].remove()
+    if not args.keep_state:
+        result["_state"].remove()
     print(md, end="")
     checks_mod.report(doc["checks"])
     print(f"written to {dest}")
@@ -293,7 +339,7 @@ def add_parser(sub: Any) -> None:
                    help="AutoAttack version for 'aa' (custom: the --aa-attacks list)")
     e.add_argument("--aa-attacks", default=None,
                    help="custom AutoAttack subset, e.g. apgd-ce,apgd-t (with --aa-version custom)")
-    e.add_argument("--n", default=1000,
+    e.add_argument("-n", "--n", default=1000,
                    help=f"number of examples (first n of the split; 1 .. {MAX_N})")
     e.add_argument("--eps", default=None, help="budget in [0, 1] image units, e.g. 8/255 (at most 1 "
                    "for linf; default: the run's eval.eps)")
@@ -323,6 +369,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--batch-size", default=256, help=f"examples per chunk (1 .. {MAX_BATCH})")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--fresh", action="store_true", help="ignore a saved partial evaluation")
+    e.add_argument("--keep-state", action="store_true",
+                   help="keep <out>.state.json (every job's per-example results) after the end")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json); "
                    "one evaluation at a time per file")

@@ -25,6 +25,16 @@ from .guards import EvaluationError
 
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
+# Sharded evaluation (torchrun) deals whole chunks of --batch-size examples to the ranks, the
+# chunks one process would run, so each AutoAttack call sees the inputs and seed it would see
+# alone. Recorded in the result's provenance: measured identical per example, every
+# sub-attack of the standard version, 1 vs 2 CPU ranks (docs/evaluation.md).
+SHARDING = {
+    "identical_per_example": True,
+    "how": "whole chunks of --batch-size examples dealt to the ranks (the chunks of one process)",
+    "measured": "docs/evaluation.md, 'Sharded evaluation'",
+}
+
 
 def version() -> str | None:
     try:
