@@ -146,7 +146,26 @@ def test_wrn_default_is_34_10() -> None:
         "widen_factor": 10,
         "width": 16,
         "dropout": 0.0,
+        "norm": "batch",
+        "sync_bn": False,
     }
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "preact_resnet18", "resnet18", "wrn"])
+def test_group_norm_replaces_every_batchnorm_and_keeps_the_other_initial_weights(name):
+    section = {"name": name, "width": 4} if name != "wrn" else {"name": name, "depth": 10, "width": 4}
+    torch.manual_seed(0)
+    batch = build_model(section, spec(classes=10))
+    torch.manual_seed(0)
+    group = build_model({**section, "norm": "group"}, spec(classes=10))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in group.modules())
+    convs = [k for k, v in batch.state_dict().items() if v.ndim == 4]
+    assert all(torch.equal(batch.state_dict()[k], group.state_dict()[k]) for k in convs)
+    # per-sample statistics: a sample's output does not depend on the rest of its batch
+    x = torch.rand(6, 3, 32, 32)
+    group.train()
+    assert torch.allclose(group(x)[:2], group(x[:2]), atol=1e-5)
 
 
 @pytest.mark.parametrize("depth", [4, 12, 33])

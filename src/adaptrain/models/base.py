@@ -7,8 +7,9 @@ used by UIAT's feature regulariser; ``forward(x) == head(features(x))``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -31,6 +32,26 @@ def check_width(fields: dict[str, Any]) -> None:
     """The base channel width (``model.width``) of every architecture: 1 .. MAX_WIDTH."""
     require_in(fields["width"], "model.width", 1, MAX_WIDTH,
                why="parameters grow with its square; 64 is the ResNets' standard")
+
+
+NormKind = Literal["batch", "group", "none"]
+
+
+def with_norm(model: nn.Module, norm: str, sync_bn: bool = False) -> nn.Module:
+    """``model`` with every BatchNorm2d as ``norm``: ``batch`` keeps it (``sync_bn``: as
+    SyncBatchNorm, whose statistics span every rank; CUDA only), ``group`` makes it a GroupNorm
+    of gcd(C, 32) groups (statistics per sample, so sharding a batch cannot change them),
+    ``none`` an identity. Conversion draws no random numbers: the other weights initialise as
+    with BatchNorm."""
+    if norm == "batch":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn else model
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            setattr(model, name, nn.GroupNorm(math.gcd(c, 32), c) if norm == "group" else nn.Identity())
+        else:
+            with_norm(child, norm)
+    return model
 
 
 def check_dropout(fields: dict[str, Any]) -> None:

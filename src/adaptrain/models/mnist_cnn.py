@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MODELS, ImageClassifier, check_dropout, check_width
+from .base import MODELS, ImageClassifier, NormKind, check_dropout, check_width, with_norm
 
 
 def _out_size(size: int, pad: int) -> int:
@@ -67,7 +67,10 @@ def cnn2c2f(
     std: Sequence[float],
     width: int = 10,
     dropout: float = 0.5,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> CNN2C2F:
     """TRADES's 2-conv 2-fc MNIST CNN (width 10: 10/20 channels, 50 hidden), as used by DRA."""
     check_cnn2c2f({"width": width, "dropout": dropout})
-    return CNN2C2F(num_classes, in_channels, tuple(image_size), mean, std, width, dropout)
+    model = CNN2C2F(num_classes, in_channels, tuple(image_size), mean, std, width, dropout)
+    return with_norm(model, norm, sync_bn)

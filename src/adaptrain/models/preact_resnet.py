@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MODELS, ImageClassifier, check_width
+from .base import MODELS, ImageClassifier, NormKind, check_width, with_norm
 
 
 class PreActBlock(nn.Module):
@@ -85,7 +85,10 @@ def preact_resnet18(
     mean: Sequence[float],
     std: Sequence[float],
     width: int = 64,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> PreActResNet:
     """PreActResNet-18 (Rice et al. 2020); width 64 has ~11.17M parameters."""
     check_width({"width": width})
-    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, mean, std, width)
+    model = PreActResNet((2, 2, 2, 2), num_classes, in_channels, mean, std, width)
+    return with_norm(model, norm, sync_bn)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MODELS, ImageClassifier, check_width
+from .base import MODELS, ImageClassifier, NormKind, check_width, with_norm
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -116,10 +116,13 @@ def resnet18(
     mean: Sequence[float],
     std: Sequence[float],
     width: int = 64,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> ResNet:
     """ResNet-18 (He et al. 2016), CIFAR stem; width 64 has ~11.17M parameters."""
     check_width({"width": width})
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, mean, std, width)
+    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, mean, std, width)
+    return with_norm(model, norm, sync_bn)
 
 
 @MODELS.register("resnet50", validator=check_width)
@@ -131,7 +134,10 @@ def resnet50(
     mean: Sequence[float],
     std: Sequence[float],
     width: int = 64,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> ResNet:
     """ResNet-50 (He et al. 2016), bottlenecks, CIFAR stem; width 64 has ~23.5M parameters."""
     check_width({"width": width})
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, mean, std, width)
+    model = ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, mean, std, width)
+    return with_norm(model, norm, sync_bn)

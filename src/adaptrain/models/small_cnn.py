@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import MODELS, ImageClassifier, check_width
+from .base import MODELS, ImageClassifier, NormKind, check_width, with_norm
 
 
 def _conv_bn_relu(in_planes: int, planes: int) -> list[nn.Module]:
@@ -65,7 +65,10 @@ def small_cnn(
     mean: Sequence[float],
     std: Sequence[float],
     width: int = 32,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> SmallCNN:
     """Small CNN (4 conv-BN-ReLU, global pool, hidden linear) for digits / MNIST / tests."""
     check_width({"width": width})
-    return SmallCNN(num_classes, in_channels, mean, std, width)
+    model = SmallCNN(num_classes, in_channels, mean, std, width)
+    return with_norm(model, norm, sync_bn)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..component import require, require_in
-from .base import MODELS, ImageClassifier, check_dropout, check_width
+from .base import MODELS, ImageClassifier, NormKind, check_dropout, check_width, with_norm
 
 
 class WideBlock(nn.Module):
@@ -108,7 +108,10 @@ def wrn(
     widen_factor: int = 10,
     width: int = 16,
     dropout: float = 0.0,
+    norm: NormKind = "batch",
+    sync_bn: bool = False,
 ) -> WideResNet:
     """WideResNet-depth-k as in TRADES / AWP; depth 34, k 10 has ~46.16M parameters."""
     check_wrn({"depth": depth, "widen_factor": widen_factor, "width": width, "dropout": dropout})
-    return WideResNet(depth, widen_factor, num_classes, in_channels, mean, std, width, dropout)
+    model = WideResNet(depth, widen_factor, num_classes, in_channels, mean, std, width, dropout)
+    return with_norm(model, norm, sync_bn)
