@@ -77,6 +77,8 @@ def run_child(argv: list[str], root: Path, kill_at: int | None = None,
             if output is not None:
                 sys.stdout = sys.stderr = open(output, "w", buffering=1)  # noqa: SIM115
             torch.set_num_threads(1)
+            # and `threads: auto` must resolve to 1 too (OMP_NUM_THREADS wins over the CPUs)
+            os.environ["OMP_NUM_THREADS"] = "1"
             log: list[str] = []
             _instrument(root, kill_at, log)
             code = main([*argv, "--quiet"])

@@ -472,18 +472,24 @@ def test_loader_flip_only():
     assert 10 < int(flipped.sum()) < 54
 
 
-def test_loader_sharding():
+def test_loader_sharding_cuts_the_single_process_batches_into_contiguous_shards():
     x, y = random_images(n=38)
-    shards = []
-    for rank in range(4):
-        loader = BatchLoader(x, y, batch_size=4, shuffle=True, augment="crop_flip", rank=rank,
-                             world_size=4, generator=torch.Generator().manual_seed(9))
-        batches = run_epoch(loader)
-        assert len(loader) == len(batches) == 3
-        shards.append(torch.cat([b[2] for b in batches]).tolist())
-    assert [len(s) for s in shards] == [9, 9, 9, 9]
-    union = set().union(*map(set, shards))
-    assert len(union) == 36  # disjoint, truncated to a multiple of world_size
+
+    def loader(rank: int, world: int) -> BatchLoader:
+        return BatchLoader(x, y, batch_size=8, shuffle=True, augment="crop_flip", rank=rank,
+                           world_size=world, generator=torch.Generator().manual_seed(9))
+
+    whole = run_epoch(loader(0, 1))
+    shards = [run_epoch(loader(rank, 3)) for rank in range(3)]
+    assert all(len(loader(r, 3)) == len(whole) == len(s) == 5 for r, s in enumerate(shards))
+    for b, (xb, yb, ib) in enumerate(whole):
+        # the global batch b, in order, is the concatenation of the ranks' shards of it
+        assert torch.equal(torch.cat([s[b][2] for s in shards]), ib)
+        assert torch.equal(torch.cat([s[b][0] for s in shards]), xb)  # same crops and flips
+        assert torch.equal(torch.cat([s[b][1] for s in shards]), yb)
+    # the last global batch has 6 rows: 2 per rank; the others 8: 3, 3, 2
+    assert [len(s[-1][2]) for s in shards] == [2, 2, 2]
+    assert [len(s[0][2]) for s in shards] == [3, 3, 2]
 
 
 def test_loader_requires_generator():

@@ -20,14 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import SINGLE, World
+
 _EPS = 1e-20
 
 
 class AWP:
     """``perturb(loss_of)`` with ``loss_of(model) -> scalar loss``; then ``restore()``."""
 
-    def __init__(self, model: nn.Module, cfg: Any) -> None:
+    def __init__(self, model: nn.Module, cfg: Any, world: World = SINGLE) -> None:
         self.model = model
+        self.world = world  # the proxy's ascent uses the gradient of the global batch
         self.gamma = float(cfg.gamma)
         self.proxy = copy.deepcopy(model)
         self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=float(cfg.proxy_lr))
@@ -51,6 +54,7 @@ class AWP:
         self.proxy.train()
         self.proxy_opt.zero_grad(set_to_none=True)
         (-loss_of(self.proxy)).backward()
+        self.world.sum_grads_(self.proxy.parameters())  # each rank's share of the global mean
         self.proxy_opt.step()
         self.proxy_opt.zero_grad(set_to_none=True)  # free the proxy's gradients until next batch
         with torch.no_grad():

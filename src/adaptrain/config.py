@@ -97,6 +97,9 @@ class Config:
     amp: str = "auto"  # auto (bf16 forward passes on CUDA) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
+    # CPU threads per process: auto = the CPUs this process may use (affinity, cgroup quota)
+    # divided by the processes sharing them (torchrun's local ranks); OMP_NUM_THREADS wins
+    threads: int | str = "auto"
     compile: bool = False  # torch.compile the training step's forward passes (GPUs; slow to compile on CPU)
     init_from: RunOrCheckpoint | None = None  # run dir or checkpoint to load weights from (fresh optimiser);
     # a preset that only makes sense from a trained model writes INIT_REQUIRED ("required")
@@ -272,6 +275,8 @@ def _validate_run(cfg: Config) -> None:
             f"{cfg.channels_last!r}; allowed: auto, on, off")
     require(DEVICE.fullmatch(cfg.device) is not None, "device",
             f"{cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
+    require(cfg.threads == "auto" or (isinstance(cfg.threads, int) and 1 <= cfg.threads <= 4096),
+            "threads", f"{cfg.threads!r}; allowed: auto or 1 .. 4096")
 
 
 def _validate_data(cfg: Config) -> None:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from .attacks.engine import frozen_model
+from .distributed import SINGLE, World
+from .threat import Rows, ShardDraws
 
 if TYPE_CHECKING:  # annotations only: objectives and AWP import this module
     from .attacks import Attack, AttackPlan, AttackResult
@@ -58,6 +60,7 @@ class RunContext:
     dataset: str = ""
     lr_at: Callable[[float], float] = lambda t: 0.0  # lr at fractional epoch t
     first_decay_epoch: int | None = None  # first epoch whose lr is below the peak (None: no decay)
+    world: World = SINGLE  # the ranks sharing each batch: state that spans the batch reduces here
 
     def seed_of(self, stream: Stream) -> int:
         return self.seed * 1_000_003 + int(stream)
@@ -96,7 +99,8 @@ class StepInfo:
 
 @dataclass
 class Batch:
-    """One training batch: x (B, C, H, W) in [0, 1], y (B,), idx (B,) loader indices."""
+    """One training batch: x (b, C, H, W) in [0, 1], y (b,), idx (b,) loader indices; ``rows``:
+    which rows of the global batch these b are (all of it in a single process)."""
 
     model: nn.Module
     x: torch.Tensor
@@ -104,6 +108,16 @@ class Batch:
     idx: torch.Tensor
     step: StepInfo
     cache: dict[CacheKey, Any] = field(default_factory=dict)
+    rows: Rows | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = Rows.all(int(self.x.shape[0]))
+
+    def draws(self, generator: torch.Generator) -> ShardDraws:
+        """``generator`` drawing per row of the global batch (see :func:`threat.draw`), so a
+        shard gets exactly the numbers its rows get in a single process."""
+        return ShardDraws(generator, self.rows)
 
     def clean_logits(self, bn: str = "eval") -> torch.Tensor:
         """Clean logits (B, C), computed once per batch and BatchNorm mode (``eval``: running

@@ -7,6 +7,8 @@ Everything here is batched and free of host synchronisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -93,14 +95,53 @@ def clip_box(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (x + delta).clamp_(0.0, 1.0) - x
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Rows [start, stop) of a batch of ``total`` rows: the share this process holds (all of
+    it in a single process; a contiguous shard under torchrun)."""
+
+    start: int
+    stop: int
+    total: int
+
+    @staticmethod
+    def all(n: int) -> Rows:
+        return Rows(0, n, n)
+
+
+@dataclass(frozen=True)
+class ShardDraws:
+    """A generator whose per-row draws are made for the whole batch and cut to ``rows``, so a
+    shard gets exactly the numbers its rows get in a single process (every rank draws the
+    whole batch: a few random numbers per pixel, negligible next to a forward pass)."""
+
+    generator: torch.Generator
+    rows: Rows
+
+
+Draws = torch.Generator | ShardDraws | None
+
+
+def draw(fn: Callable[..., torch.Tensor], shape: tuple[int, ...], draws: Draws,
+         **kw) -> torch.Tensor:
+    """``fn(shape, generator=..., **kw)`` (torch.rand / randn style), row for row as in the
+    whole batch when ``draws`` is a :class:`ShardDraws` and ``shape`` is its shard."""
+    if isinstance(draws, ShardDraws):
+        r = draws.rows
+        if shape[0] == r.stop - r.start and r.stop - r.start != r.total:
+            return fn((r.total, *shape[1:]), generator=draws.generator, **kw)[r.start:r.stop]
+        return fn(shape, generator=draws.generator, **kw)
+    return fn(shape, generator=draws, **kw)
+
+
 def random_delta(
     x: torch.Tensor,
     radius: torch.Tensor,
     p: str,
     kind: str,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
 ) -> torch.Tensor:
-    """Random start for (B, ...) inputs.
+    """Random start for (B, ...) inputs (draws: see :func:`draw`).
 
     kind: ``uniform`` (uniform in the ``p``-ball of per-sample ``radius``; for L-inf
     coordinate-wise U(-r, r)), ``normal`` (0.001 * N(0, 1) whatever the radius, as TRADES),
@@ -109,25 +150,25 @@ def random_delta(
     if kind == "none":
         return torch.zeros_like(x)
     if kind == "normal":
-        return 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return 0.001 * draw(torch.randn, x.shape, generator, device=x.device, dtype=x.dtype)
     if kind != "uniform":
         raise ValueError(f"unknown random start {kind!r}; allowed: uniform, normal, none")
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = draw(torch.rand, x.shape, generator, device=x.device, dtype=x.dtype)
     if p == "linf":
         return (2 * u - 1) * bcast(radius, x)
     # uniform in the L2 / L1 ball: random direction times radius * U^(1/d)
     d = x[0].numel()
     if p == "l2":
-        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        g = draw(torch.randn, x.shape, generator, device=x.device, dtype=x.dtype)
     elif p == "l1":
         # Laplace-distributed coordinates give a uniform direction on the L1 sphere
         g = -torch.log(u.clamp_min(1e-12)) * torch.where(
-            torch.rand(x.shape, generator=generator, device=x.device) < 0.5, -1.0, 1.0
+            draw(torch.rand, x.shape, generator, device=x.device) < 0.5, -1.0, 1.0
         ).to(x.dtype)
     else:
         raise ValueError(f"unknown norm {p!r}; allowed: {', '.join(NORMS)}")
     direction = g / bcast(norm(g, p) + _TINY, g)
-    r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
+    r = draw(torch.rand, (x.shape[0],), generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
     return direction * bcast(r * radius, x)
 
 

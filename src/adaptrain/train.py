@@ -10,6 +10,7 @@ ended.
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .claim import claim
 from .config import INIT_REQUIRED, Config
 from .context import Batch, Feedback, RunContext, StepInfo, Stream
 from .data import BatchLoader, load_arrays, make_splits
+from .distributed import SINGLE, World
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
 from .models import build_model, first_nonfinite
@@ -59,15 +61,44 @@ class Run:
     start_epoch: int = 0
     wall_time: float = 0.0
     net: torch.nn.Module | None = None  # what the step forwards: the model, or its torch.compile
+    world: World = SINGLE
+    # what the training loss forwards: ``net``, or under torchrun the model wrapped in DDP (the
+    # attack and every other extra forward use the unwrapped ``net``: input gradients only, no
+    # gradient hooks or buffer broadcasts there)
+    loss_net: torch.nn.Module | None = None
 
     def __post_init__(self) -> None:
         if self.net is None:
             # dynamic shapes: the attack engine's compaction changes the batch size every step
             self.net = torch.compile(self.model, dynamic=True) if self.cfg.compile else self.model
+        if self.loss_net is None:
+            self.loss_net = self.net
+            if self.world.many:
+                # BatchNorm statistics stay per rank (no broadcast at every forward, which
+                # breaks the several forwards before one backward of TRADES, MART, UIAT, ...);
+                # rank 0's are copied to every rank at the end of each epoch
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                with warnings.catch_warnings():  # newer torch renames the flag; both mean this
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.loss_net = torch.nn.parallel.DistributedDataParallel(
+                        self.model, device_ids=ids, broadcast_buffers=False)
 
     def amp(self):  # bf16 autocast for forward passes on CUDA
         on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if on else nullcontext()
+
+
+def check_world(cfg: Config, world: World) -> None:
+    """What sharding cannot do, refused before any work (one line, exit 2)."""
+    if not world.many:
+        return
+    if cfg.data.batch_size % world.size:
+        raise ConfigError("data.batch_size", f"the global batch {cfg.data.batch_size} must split "
+                          f"evenly over the {world.size} ranks")
+    cuda = world.device(cfg.device).startswith("cuda")
+    if cfg.model.get("sync_bn") and not cuda:
+        raise ConfigError("model.sync_bn", "needs CUDA (torch's SyncBatchNorm rejects CPU tensors "
+                          "once a process group exists); on CPU use model.norm=group")
 
 
 def check_init(cfg: Config) -> None:
@@ -77,11 +108,13 @@ def check_init(cfg: Config) -> None:
                           "init_from=RUN_DIR_OR_CHECKPOINT (e.g. a run of the standard preset)")
 
 
-def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run:
+def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
+          world: World = SINGLE) -> Run:
     """Build every component from ``cfg``; with ``state`` (a checkpoint's training state),
-    continue from it."""
+    continue from it. Under torchrun every rank builds the same run and loads its shards."""
     check_init(cfg)
-    device = resolve_device(cfg.device)
+    check_world(cfg, world)
+    device = resolve_device(world.device(cfg.device))
     torch.manual_seed(cfg.seed)  # model initialisation
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -108,7 +141,8 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run
                   "attack": ctx_probe.generator(Stream.ATTACK)}
     loader = BatchLoader(splits.x_train, splits.y_train, batch_size=cfg.data.batch_size,
                          device=device, shuffle=True, augment=augment,
-                         generator=generators["loader"], drop_last=False)
+                         generator=generators["loader"], drop_last=False, rank=world.rank,
+                         world_size=world.size)
     lr_at = make_schedule(o.schedule, o.lr, cfg.epochs, milestones=o.milestones,
                           gamma=o.gamma, peak_at=o.peak_at)
     ctx = RunContext(
@@ -116,7 +150,7 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run
         input_shape=tuple(splits.x_train.shape[1:]), epochs=cfg.epochs,
         batches_per_epoch=len(loader), device=device, seed=cfg.seed, dataset=spec.name,
         lr_at=lr_at, first_decay_epoch=first_decay_epoch(
-            o.schedule, cfg.epochs, milestones=o.milestones, peak_at=o.peak_at))
+            o.schedule, cfg.epochs, milestones=o.milestones, peak_at=o.peak_at), world=world)
     if splits.x_val.shape[0] > 0:
         val = (splits.x_val[: cfg.eval.n], splits.y_val[: cfg.eval.n])
     else:
@@ -126,8 +160,8 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None) -> Run
               objective=OBJECTIVES.build(cfg.objective, ctx=ctx),
               regularizer=REGULARIZERS.build(cfg.regularizer, ctx=ctx),
               attack=ATTACKS.build(cfg.attack),
-              awp=AWP(model, cfg.awp) if cfg.awp.gamma > 0 else None,
-              ctx=ctx, generators=generators)
+              awp=AWP(model, cfg.awp, world) if cfg.awp.gamma > 0 else None,
+              ctx=ctx, generators=generators, world=world)
     if state is not None:
         restore(run, state)
     return run
@@ -211,36 +245,49 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         lr = run.ctx.lr_at(epoch + (i + 1) / nb)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr))
+        batch = Batch(model, x, y, idx, StepInfo(epoch, i, epoch * nb + i, lr),
+                      rows=run.loader.rows(i))
         with run.amp():  # the strategy's and objective's forward passes too (e.g. clean logits)
             plan = run.objective.prepare(batch, run.strategy.plan(batch))
             plan = run.attack.resolve(plan, wish=run.objective.random_start)
-            result = run.attack(model, x, y, plan, generator=run.generators["attack"])
+            result = run.attack(model, x, y, plan, generator=batch.draws(run.generators["attack"]))
         model.train()
         opt.zero_grad(set_to_none=True)
         if awp_on:
             with run.amp():
-                run.awp.perturb(lambda m, b=batch, xa=result.x_adv, p=plan:
-                                training_loss(run, m, b, xa, p, commit=False)[0].mean())
+                run.awp.perturb(lambda m, b=batch, xa=result.x_adv, p=plan: batch_mean(
+                    training_loss(run, m, b, xa, p, commit=False)[0], b))
         with run.amp():
-            loss_vec, logits = training_loss(run, model, batch, result.x_adv, plan)
-        loss = loss_vec.mean()
+            loss_vec, logits = training_loss(run, run.loss_net, batch, result.x_adv, plan)
+        loss = batch_mean(loss_vec, batch)
         # recorded on the device and read every CHECK_EVERY batches: no host sync per step
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
-        if ((i + 1) % CHECK_EVERY == 0 or i + 1 == nb) and (bad := int(first_bad)) >= 0:
+        if ((i + 1) % CHECK_EVERY == 0 or i + 1 == nb) and run.world.any(int(first_bad) >= 0):
+            bad = int(run.world.gather_rows(first_bad.view(1), run.world.size).max())
             raise diverged(run, f"non-finite training loss at epoch {epoch + 1}, batch {bad + 1}")
-        loss.backward()
+        # DDP averages the ranks' gradients: scaled by the world size, their sum is the
+        # gradient of the global batch mean
+        (loss * run.world.size if run.world.many else loss).backward()
         run.strategy.observe(Feedback(batch, plan, result, loss_vec.detach(),
                                       None if logits is None else logits.detach(), opt,
                                       run.objective, run.attack, run.awp if awp_on else None))
         opt.step()
         if awp_on:
             run.awp.restore()
-        loss_sum += loss.detach() * x.shape[0]
+        loss_sum += loss_vec.detach().float().sum()
         if logits is not None:
             correct += (logits.detach().argmax(1) == y).sum()
         seen += x.shape[0]
+    seen_t = torch.tensor(float(seen), device=run.device)
+    run.world.sum_(loss_sum, correct, seen_t)
+    seen = float(seen_t)
     return {"lr": lr, "train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+
+def batch_mean(loss_vec: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """This shard's share of the global batch's mean loss (the mean itself in one process)."""
+    rows = batch.rows
+    return loss_vec.mean() if rows.total == loss_vec.shape[0] else loss_vec.sum() / rows.total
 
 
 def validate(run: Run, epoch: int) -> dict[str, float]:
@@ -252,7 +299,8 @@ def validate(run: Run, epoch: int) -> dict[str, float]:
     attacks = [e.attack] + (["fgsm"] if watch_fgsm(run.cfg) else [])
     res = evaluate_attacks(run.model, x, y, attacks, eps=e.eps, step_size=e.step_size,
                            norm=norm, batch_size=run.cfg.data.eval_batch_size,
-                           seed=run.cfg.seed * 7919 + epoch, device=run.device)
+                           seed=run.cfg.seed * 7919 + epoch, device=run.device,
+                           world=run.world)  # the examples split over the ranks
     robust = res.get(parse_spec(e.attack).name, res["clean"])
     row = {"clean_acc": res["clean"].float().mean().item(),
            "robust_acc": robust.float().mean().item()}
@@ -268,31 +316,47 @@ def watch_fgsm(cfg: Config) -> bool:
 
 
 def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
-          progress: bool | None = None, log=tqdm.write) -> dict[str, Any]:
+          progress: bool | None = None, log=tqdm.write, world: World = SINGLE) -> dict[str, Any]:
     """Run (or resume) training into ``out``; returns the summary dict.
 
     ``progress``: None shows bars only on a terminal, False never. ``log`` receives the
     one-line summary of each epoch. ``out`` is locked for the duration (:mod:`.claim`); a
-    resume first repairs what a crash left (:mod:`.recovery`).
+    resume first repairs what a crash left (:mod:`.recovery`). Under torchrun (``world``) rank
+    0 claims, repairs, writes and logs; every rank trains its shard of each batch.
     """
     out = Path(out)
     check_init(cfg)
-    with claim(out, resume=resume):
-        state = recovery.recover(out / "checkpoints", cfg.eval.select, log) if resume else None
+    check_world(cfg, world)
+    if not world.main:
+        log = _silent
+        progress = False
+    with claim(out, resume=resume) if world.main else nullcontext():
+        state = None
+        if resume and world.main:
+            state = recovery.recover(out / "checkpoints", cfg.eval.select, log)
+        world.barrier()  # rank 0 has repaired the run directory: the others read it as it is now
+        if resume and not world.main and checkpoint.is_complete(out / "checkpoints" / "last"):
+            state = checkpoint.load_state(out / "checkpoints" / "last")
         if resume and state is None:
             log(f"{out} has no completed epoch yet: training starts from the first")
         if state is not None and cfg.epochs < int(state["epoch"]):
             raise ConfigError("epochs", f"the run has already completed {state['epoch']} epochs; "
                               f"give epochs >= {state['epoch']}")
         preset = preset or (rundir.previous_preset(out) if resume else "")
-        run = setup(cfg, out, state=state)
-        # the preset rides in the config's first line (a YAML comment), so a kill before the
-        # first summary.json cannot lose it
-        fileio.write_file(out / "config.yaml", (f"{PRESET_MARK}{preset}\n" if preset else "") + cfg.dump())
-        # summary.json from the start (it records the preset for a resume); on a resume, the
-        # tables as of the recovered epoch
-        write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
+        run = setup(cfg, out, state=state, world=world)
+        if world.main:
+            # the preset rides in the config's first line (a YAML comment), so a kill before
+            # the first summary.json cannot lose it
+            fileio.write_file(out / "config.yaml",
+                              (f"{PRESET_MARK}{preset}\n" if preset else "") + cfg.dump())
+            # summary.json from the start (it records the preset for a resume); on a resume,
+            # the tables as of the recovered epoch
+            write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
         return train_epochs(run, preset, progress, log)
+
+
+def _silent(line: str) -> None:
+    return None
 
 
 def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str, Any]:
@@ -303,6 +367,7 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
         row["train_time_s"] = time.perf_counter() - t0
+        run.world.broadcast_(*run.model.buffers())  # rank 0's BatchNorm statistics everywhere
         if (bad := first_nonfinite(run.model)) is not None:  # e.g. BatchNorm statistics at inf
             raise diverged(run, f"non-finite values in {bad} after epoch {epoch + 1}")
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
@@ -318,13 +383,15 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
         run.telemetry.append({"epoch": epoch + 1, **run.strategy.end_epoch(epoch)})
         run.wall_time += time.perf_counter() - t0
         run.history.append(row)
-        # the commit order recovery.py relies on: last (the commit point), best, tables
-        checkpoint.save(ckpts / "last", run.model, state_of(run, epoch + 1))
-        if best_row(run.history, cfg.eval.select) is row:
-            checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
-        write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
+        if run.world.main:
+            # the commit order recovery.py relies on: last (the commit point), best, tables
+            checkpoint.save(ckpts / "last", run.model, state_of(run, epoch + 1))
+            if best_row(run.history, cfg.eval.select) is row:
+                checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
+            write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
+        run.world.barrier()  # no rank runs ahead of the epoch's checkpoint
         log(epoch_line(row, cfg.epochs, cfg.eval.attack))
-    return write_outputs(run, preset, finished=True)
+    return write_outputs(run, preset, finished=True) if run.world.main else {}
 
 
 def write_outputs(run: Run, preset: str, finished: bool) -> dict[str, Any]:

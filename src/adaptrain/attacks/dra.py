@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..component import MAX_STEPS, require_in
-from ..threat import bcast, clip_box, norm, per_sample, random_delta
+from ..threat import Draws, bcast, clip_box, draw, norm, per_sample, random_delta
 from . import engine
 from .base import ATTACKS, Attack, BNMode
 from .losses import LossFn, make_loss
@@ -74,14 +74,14 @@ def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _start(x: torch.Tensor, budget: torch.Tensor, kind: str,
-           generator: torch.Generator | None) -> torch.Tensor:
+           generator: Draws) -> torch.Tensor:
     """Random start inside START_SHARE of each sample's L1 budget (zeros for ``none``)."""
     if kind == "none":
         return torch.zeros_like(x)
     cap = START_SHARE * budget
     if kind == "normal":
-        delta = _TRADES_NOISE * torch.randn(x.shape, generator=generator, device=x.device,
-                                            dtype=x.dtype)
+        delta = _TRADES_NOISE * draw(torch.randn, x.shape, generator, device=x.device,
+                                     dtype=x.dtype)
         l1 = norm(delta, "l1")
         delta = delta * bcast(torch.clamp(cap / (l1 + 1e-12), max=1.0), delta)
     elif kind == "uniform":

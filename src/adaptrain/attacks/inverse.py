@@ -18,6 +18,7 @@ Why ``batch`` is UIAT's default mode: docs/uiat.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,11 +96,13 @@ def instance_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss
 
 def universal_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, *,
                       loss_fn: LossFn, eps: float = 4 / 255,
-                      step_size: float = 1 / 255, bn: str = "eval") -> InverseResult:
+                      step_size: float = 1 / 255, bn: str = "eval",
+                      sum_: Callable[..., None] | None = None) -> InverseResult:
     """UIAT's class-universal step (Algorithm 1, lines 7-11). ``z`` is not modified; the
     updated perturbations are returned in ``result.z``. x_inv and its logits use z *before*
     the update (as Algorithm 1 computes L_inv and then steps), so the whole step costs one
-    forward and one backward pass over the batch."""
+    forward and one backward pass over the batch. ``sum_``: an in-place all-reduce of the
+    per-class gradient sums and counts when the batch is sharded over ranks."""
     rows = torch.arange(x.shape[0], device=x.device)
     with engine.frozen_model(model, bn):
         delta = z.detach()[y].float().requires_grad_(True)  # (B, C, H, W), fp32 under autocast
@@ -107,8 +110,11 @@ def universal_inverse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: tor
         loss, logits = loss_fn(model, x_inv, y, rows)
         (grad,) = torch.autograd.grad(loss.float().sum(), delta)
     class_grad = torch.zeros_like(z, dtype=torch.float32).index_add_(0, y, grad)
-    present = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-    present[y] = True
+    count = torch.zeros(z.shape[0], dtype=torch.float32, device=z.device)
+    count.index_add_(0, y, torch.ones_like(y, dtype=torch.float32))
+    if sum_ is not None:
+        sum_(class_grad, count)  # the whole global batch's classes, on every rank
+    present = count > 0
     stepped = (z.float() - step_size * class_grad.sign()).clamp(-eps, eps)
     z_new = torch.where(present.view(-1, *([1] * (z.ndim - 1))), stepped, z.float()).to(z.dtype)
     return InverseResult(x_inv.detach(), logits.detach().float(), z_new)

@@ -37,14 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # under torchrun every rank reports its own error, marked with its rank
+    who = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         args = parse(argv)
         return int(args.fn(args) or 0)
     except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{who}error: {exc}", file=sys.stderr)
         return 1
     except AdaptrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{who}error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `adaptrain presets | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either

@@ -7,19 +7,28 @@ run); ``--dry-run`` checks everything and prints the resolved config without wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
-RESUMABLE = ("epochs",)  # fields a resume may change: the rest would break exact continuation
+# fields a resume may change: the rest would break exact continuation (threads only changes the
+# order of CPU summations, i.e. the last bits)
+RESUMABLE = ("epochs", "threads")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..claim import check_new, check_resumable
+    from ..claim import check_new, check_resumable, is_run
+    from ..distributed import World
+    from ..threads import apply_threads, resolve_threads
     from ..train import check_init, train
 
+    if not args.resume and args.out and restarted_by_torchrun() and is_run(Path(args.out)):
+        # torchrun --max-restarts restarts every rank with the same command line: the run
+        # this command started continues from its last completed epoch
+        args.resume, args.preset, args.overrides = args.out, None, []
     if args.resume:
         out = Path(args.resume)
         overrides = list(args.overrides)
@@ -28,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("--resume", f"give no preset with --resume (the run's config.yaml "
                                   f"is its config), got {args.preset!r}")
             overrides.insert(0, args.preset)
+        if args.threads:
+            overrides.append(f"threads={args.threads}")
         check_resumable(out)
         cfg = resume_config(out, overrides)
         preset, resume = "", True
@@ -38,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--out", "required: the run directory to write")
         from ..config import build_config
 
-        cfg = build_config(args.preset, args.overrides)
+        over = list(args.overrides) + ([f"threads={args.threads}"] if args.threads else [])
+        cfg = build_config(args.preset, over)
         out = Path(args.out)
         check_new(out)
         preset, resume = args.preset, False
@@ -47,9 +59,18 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.dump(), end="")
         print(f"# dry run: the config above is valid; nothing was written to {out}", file=sys.stderr)
         return 0
-    train(cfg, out, resume=resume, preset=preset, progress=None if not args.quiet else False)
-    print(f"run written to {out}")
+    # under torchrun: join the other ranks only now, after every check that needs no peer
+    world = World.from_env(cfg.device)
+    apply_threads(resolve_threads(cfg.threads, sharers=world.local_size))
+    train(cfg, out, resume=resume, preset=preset, progress=None if not args.quiet else False,
+          world=world)
+    if world.main:
+        print(f"run written to {out}")
     return 0
+
+
+def restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def resume_config(out: Path, overrides: list[str]):
@@ -71,6 +92,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--threads", metavar="N|auto",
+                   help="CPU threads per process (the config's `threads`; default auto)")
     t.add_argument("--dry-run", action="store_true",
                    help="check the config and --out, print the resolved config, write nothing")
     t.set_defaults(fn=run)

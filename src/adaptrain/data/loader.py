@@ -8,8 +8,11 @@ objectives can keep per-sample state.
 Randomness comes from ``generator`` only, all of it drawn when an epoch starts (``iter``), in a
 fixed order: the permutation (if ``shuffle``), then the crop offsets (``crop_flip``), then the
 flip decisions (``flip`` / ``crop_flip``). The same generator state therefore gives the same
-epoch, whatever else uses the generator between batches. Random draws are made per position of
-the full (unsharded) order, so every rank draws the same numbers and keeps its own share.
+epoch, whatever else uses the generator between batches.
+
+Sharding (``rank`` of ``world_size``): ``batch_size`` is the *global* batch; every rank draws
+the same full-epoch numbers, cuts the same global batches and yields its contiguous rows
+``rows(b)`` of each, so the data order does not depend on the world size.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ..threat import Rows
+
 AUGMENTATIONS = ("none", "flip", "crop_flip")
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
 
 class BatchLoader:
-    """Yields ``(x float32 (B,C,H,W) on [0,1], y int64 (B,), idx int64 (B,))`` on ``device``."""
+    """Yields ``(x float32 (b,C,H,W) on [0,1], y int64 (b,), idx int64 (b,))`` on ``device``:
+    this rank's b rows of each global batch (all B of them in a single process)."""
 
     def __init__(
         self,
@@ -69,21 +75,24 @@ class BatchLoader:
         self.drop_last = drop_last
         self.pad = int(pad)
 
-    @property
-    def num_samples(self) -> int:
-        """Number of images this rank yields per epoch."""
-        return int(self.x.shape[0]) // self.world_size
-
     def __len__(self) -> int:
-        n = self.num_samples
+        """Global batches per epoch (the same on every rank)."""
+        n = int(self.x.shape[0])
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
+    def rows(self, b: int) -> Rows:
+        """This rank's contiguous rows of global batch ``b``: sizes differ by at most one,
+        earlier ranks take the extra rows."""
+        total = min(self.batch_size, int(self.x.shape[0]) - b * self.batch_size)
+        base, extra = divmod(total, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return Rows(start, start + base + (self.rank < extra), total)
+
     def __iter__(self) -> Iterator[Batch]:
         # All random draws happen here, eagerly, before the first batch is produced.
         n = int(self.x.shape[0])
-        total = (n // self.world_size) * self.world_size
         gen = self.generator
         if self.shuffle:
             assert gen is not None
@@ -94,18 +103,12 @@ class BatchLoader:
         if self.augment == "crop_flip":
             assert gen is not None
             offsets = torch.randint(
-                0, 2 * self.pad + 1, (total, 2), generator=gen, device=gen.device
+                0, 2 * self.pad + 1, (n, 2), generator=gen, device=gen.device
             ).to(self.device)
         if self.augment in ("flip", "crop_flip"):
             assert gen is not None
-            flips = torch.randint(0, 2, (total,), generator=gen, device=gen.device).to(self.device)
+            flips = torch.randint(0, 2, (n,), generator=gen, device=gen.device).to(self.device)
             flips = flips.bool()
-        share = slice(self.rank, total, self.world_size)
-        order = order[:total][share]
-        if offsets is not None:
-            offsets = offsets[share]
-        if flips is not None:
-            flips = flips[share]
         return self._batches(order, offsets, flips)
 
     def _batches(
@@ -113,7 +116,8 @@ class BatchLoader:
     ) -> Iterator[Batch]:
         bs = self.batch_size
         for b in range(len(self)):
-            part = slice(b * bs, (b + 1) * bs)
+            r = self.rows(b)
+            part = slice(b * bs + r.start, b * bs + r.stop)
             idx = order[part]
             xb = self._gather(
                 idx,

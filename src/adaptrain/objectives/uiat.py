@@ -157,7 +157,8 @@ class UIAT(Objective):
             loss_fn = inverse_loss(0.0)
         if self.inverse == "universal":
             return universal_inverse(model, x, y, self.z, loss_fn=loss_fn, eps=self.eps_inv,
-                                     step_size=self.alpha_inv, bn=self.target_bn)
+                                     step_size=self.alpha_inv, bn=self.target_bn,
+                                     sum_=self.ctx.world.sum_ if self.ctx.world.many else None)
         return instance_inverse(model, x, y, loss_fn=loss_fn, eps=self.eps_inv,
                                 step_size=self.alpha_inv, steps=self.inverse_steps,
                                 bn=self.target_bn)
@@ -204,8 +205,11 @@ class UIAT(Objective):
     @torch.no_grad()
     def _commit(self, batch: Batch, t: _Targets, kl: torch.Tensor) -> None:
         if t.store:
-            self.p[batch.idx] = t.p
-            self.p_valid[batch.idx] = True
+            # every rank stores the whole global batch's targets: a sample's memory is right
+            # whichever rank holds it next epoch
+            idx, p = self.ctx.world.gather_batch(batch.rows.total, batch.idx, t.p)
+            self.p[idx] = p
+            self.p_valid[idx] = True
         if t.inverse is not None and t.inverse.z is not None:
             self.z.copy_(t.inverse.z)
         t.committed = True
@@ -238,6 +242,7 @@ class UIAT(Objective):
             s[10] += (clean.argmax(1) == y).sum()
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
+        self.ctx.world.sum_(self._sums)  # over the ranks (batch counts too: only ratios use them)
         s = self._sums.tolist()
         out: dict[str, float] = {}
         if s[0] > 0:

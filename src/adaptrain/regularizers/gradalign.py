@@ -75,7 +75,8 @@ class GradAlign(Regularizer):
         """The batch's eta (B, C, H, W), drawn once per batch with x + eta kept in [0, 1]."""
         if ETA not in batch.cache:
             eps, _, _ = plan.tensors(batch.x.shape[0], batch.x.device)
-            eta = random_delta(batch.x, eps, plan.norm or "linf", "uniform", self.generator)
+            eta = random_delta(batch.x, eps, plan.norm or "linf", "uniform",
+                               batch.draws(self.generator))
             batch.cache[ETA] = clip_box(batch.x, eta)
         return batch.cache[ETA]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import torch
@@ -29,6 +30,7 @@ from ..component import MAX_MULTIPLE, MAX_STEPS, require, require_in
 from ..context import Batch, RunContext, Stream
 from ..errors import CheckpointError, ConfigError
 from ..registry import PathOf
+from ..threat import Rows, ShardDraws, draw
 from .base import STRATEGIES, Strategy
 from .budget_schedules import budget_list, scheduled_budget
 
@@ -150,12 +152,14 @@ class ECAS(Strategy):
                                 batch_count=self.batch_count, epochs=self.ctx.epochs,
                                 fixed=self.eps_fixed)
 
-    def assign(self, k: int, h: torch.Tensor) -> torch.Tensor:
+    def assign(self, k: int, h: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         """Algorithm 1: per-sample budgets (B,) int64 in units from the scheduled ``k`` and
-        the clean entropies ``h`` (B,). Draws from the strategy's generator."""
+        the clean entropies ``h`` (B,). Draws from the strategy's generator, per row of the
+        global batch (``rows``: this shard's)."""
         B = h.shape[0]
         size = (B,) if self.draw == "sample" else (1,)
-        pick = torch.randint(self.n_large, size, generator=self.generator, device=self.generator.device)
+        pick = draw(partial(torch.randint, self.n_large), size,
+                    ShardDraws(self.generator, rows or Rows.all(B)), device=self.generator.device)
         big = self.large_t[pick].expand(B)
         eps_k = torch.full((B,), k, dtype=torch.int64, device=h.device)
         eps_k = torch.where(h > self.h_high, self.budget_t[0], eps_k)
@@ -171,7 +175,7 @@ class ECAS(Strategy):
             if not self.calibrated:
                 self._calibrate(batch, logits)
             h = entropy(logits)
-            eps_k = self.assign(k, h)
+            eps_k = self.assign(k, h, batch.rows)
         else:
             eps_k = torch.full((B,), k, dtype=torch.int64, device=batch.x.device)
         self._record(k, eps_k, h)
@@ -192,8 +196,9 @@ class ECAS(Strategy):
         with torch.no_grad(), frozen_model(ref, "eval"):
             ref_logits = ref(batch.x)
         del ref
-        h_high = float(entropy(logits).mean())
-        h_low = float(entropy(ref_logits).mean())
+        world, total = self.ctx.world, batch.rows.total  # means over the global batch
+        h_high = float(world.mean(entropy(logits), total))
+        h_low = float(world.mean(entropy(ref_logits), total))
         if not h_low < h_high:
             raise ConfigError("strategy.calibrate_from",
                               f"the checkpoint's mean clean entropy {h_low:.4f} is not below the "
@@ -232,7 +237,10 @@ class ECAS(Strategy):
         ``frac_down`` (final budget above / below the scheduled one) and, with entropy on,
         ``frac_low_entropy`` / ``frac_high_entropy`` (rule fired), ``mean_entropy``,
         ``h_high``, ``h_low``."""
-        n = self._n
+        totals = torch.tensor([self._n, self._sched_sum], dtype=torch.float64,
+                              device=self._counts.device)
+        self.ctx.world.sum_(self._counts, self._moves, self._h_sum, totals)  # over the ranks
+        n, self._sched_sum = int(totals[0]), int(totals[1])
         if n == 0:
             return {}
         counts = self._counts.tolist()

@@ -67,6 +67,9 @@ class FAT(Strategy):
         self._seen += used.shape[0]
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        n = max(self._seen, 1)
-        return {"tau": float(self.tau), "mean_steps": float(self._steps_sum) / n,
-                "frac_early_stop": float(self._early) / n}
+        sums = torch.tensor([float(self._steps_sum), float(self._early), float(self._seen)],
+                            dtype=torch.float64)
+        self.ctx.world.sum_(sums)  # over the ranks' shards
+        steps_sum, early, seen = sums.tolist()
+        n = max(seen, 1)
+        return {"tau": float(self.tau), "mean_steps": steps_sum / n, "frac_early_stop": early / n}

@@ -37,6 +37,7 @@ from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, 
 from ..context import Batch, Feedback, RunContext, Stream
 from ..errors import ConfigError
 from ..models import MODELS
+from ..threat import Rows, ShardDraws
 from .base import STRATEGIES, Strategy
 from .las_policy import DEFAULT_BACKBONE, build_policy, log_prob_and_entropy, reinforce_loss, sample
 
@@ -220,7 +221,7 @@ class LAS(Strategy):
         self.policy.train()
         with torch.set_grad_enabled(update), self._autocast():
             logits = self.policy(batch.x.float())
-        actions = {name: sample(z, self.generator) for name, z in logits.items()}
+        actions = {name: sample(z, batch.draws(self.generator)) for name, z in logits.items()}
         with torch.set_grad_enabled(update):
             logp, ent = log_prob_and_entropy(logits, actions)
         self._pending = (logp, ent) if update else None
@@ -239,36 +240,51 @@ class LAS(Strategy):
         if pending is None:
             return
         terms = self.reward_terms_of(fb)
-        reward = self.combine(terms)
+        total = self.reward_rows(fb.batch).total
+        reward = self.combine(terms, total)
         n = reward.shape[0]
         logp, ent = pending
-        self.update_policy(logp[:n], ent[:n], reward)
-        self._record_reward(terms, reward)
+        self.update_policy(logp[:n], ent[:n], reward, total)
+        self._record_reward(terms, reward, total)
 
-    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Eq. (7) from the per-sample terms: sum of the enabled terms times their weights."""
+    def reward_rows(self, batch: Batch) -> Rows:
+        """This rank's rows of the rewarded ones: the first ``reward_subset`` rows of the global
+        batch (all if 0)."""
+        rows = batch.rows
+        total = rows.total if not self.reward_subset else min(self.reward_subset, rows.total)
+        return Rows(min(rows.start, total), min(rows.stop, total), total)
+
+    def combine(self, terms: dict[str, torch.Tensor], total: int | None = None) -> torch.Tensor:
+        """Eq. (7) from the per-sample terms: sum of the enabled terms times their weights
+        (``total``: the rewarded rows of the global batch, when these are one rank's)."""
         reward = None
+        world = self.ctx.world
         for name in self.reward_terms:
             term = terms[name]
             if self.reward_scope == "batch":
-                term = term.mean().expand_as(term)
+                term = world.mean(term, total or term.shape[0]).expand_as(term)
             part = self.weights[name] * term
             reward = part if reward is None else reward + part
         assert reward is not None
         return reward
 
-    def update_policy(self, logp: torch.Tensor, ent: torch.Tensor, reward: torch.Tensor) -> None:
-        """One REINFORCE step (Eq. 12-13) with the moving-average baseline, clipped gradient."""
+    def update_policy(self, logp: torch.Tensor, ent: torch.Tensor, reward: torch.Tensor,
+                      total: int | None = None) -> None:
+        """One REINFORCE step (Eq. 12-13) with the moving-average baseline, clipped gradient;
+        under torchrun on the policy gradient of the global batch (``total`` rewarded rows)."""
+        world = self.ctx.world
         base = self.baseline if (self.use_baseline and self.baseline_ready) else 0.0
-        loss = reinforce_loss(logp, reward, base, ent, self.entropy_coef)
+        loss = reinforce_loss(logp, reward, base, ent, self.entropy_coef,
+                              total=total if world.many else None)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        world.sum_grads_(self.policy.parameters())  # the ranks' shares of the global mean
         if self.clip_grad > 0:
             nn.utils.clip_grad_norm_(self.policy.parameters(), self.clip_grad)
         self.optimizer.step()
         # the baseline learns from this batch only after it was used, so it never depends on
         # the actions it is subtracted from
-        mean = reward.detach().mean().to(self.baseline.dtype)
+        mean = world.mean(reward.detach(), total or reward.shape[0]).to(self.baseline.dtype)
         if self.baseline_ready:
             self.baseline.mul_(self.baseline_momentum).add_((1 - self.baseline_momentum) * mean)
         else:
@@ -283,7 +299,8 @@ class LAS(Strategy):
         evaluation attack. With ``reward: accuracy`` L2 / L3 are 0/1 correctness of w_hat.
         """
         batch = fb.batch
-        n = batch.x.shape[0] if not self.reward_subset else min(self.reward_subset, batch.x.shape[0])
+        rows = self.reward_rows(batch)
+        n = rows.stop - rows.start
         x, y = batch.x[:n], batch.y[:n]
         out = {"l1": fb.loss[:n].float()}
         need = set(self.reward_terms)
@@ -297,7 +314,8 @@ class LAS(Strategy):
             plan = AttackPlan(eps=eps, step_size=step, steps=steps, norm=fb.attack.norm,
                               random_start="uniform", bn="eval", restarts=restarts)
             with torch.enable_grad(), self._autocast():
-                res = pgd(victim, x, y, plan, generator=self.attack_generator, final_eval=True)
+                res = pgd(victim, x, y, plan, generator=ShardDraws(self.attack_generator, rows),
+                          final_eval=True)
             if self.reward_model == "updated":
                 ce, wrong = res.loss, res.info["misclassified"]
             else:
@@ -381,12 +399,14 @@ class LAS(Strategy):
         self._entropy_sum += ent.double().sum()
         self._seen += int(ent.shape[0])
 
-    def _record_reward(self, terms: dict[str, torch.Tensor], reward: torch.Tensor) -> None:
+    def _record_reward(self, terms: dict[str, torch.Tensor], reward: torch.Tensor,
+                       total: int | None = None) -> None:
+        world = self.ctx.world
         for i, name in enumerate(TERMS):
             if name in terms:
-                self._reward_sum[i] += terms[name].double().mean()
+                self._reward_sum[i] += world.mean(terms[name].double(), total or reward.shape[0])
                 self._reward_seen[i] += 1
-        self._reward_sum[-1] += reward.double().mean()
+        self._reward_sum[-1] += world.mean(reward.double(), total or reward.shape[0])
         self._reward_seen[-1] += 1
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
@@ -395,6 +415,9 @@ class LAS(Strategy):
         term is off or no update happened), the baseline and the mean policy entropy (nats,
         summed over heads). Few line columns, so that ``adaptrain report``'s panels hold
         them all."""
+        seen = torch.tensor(float(self._seen), dtype=torch.float64, device=self._entropy_sum.device)
+        self.ctx.world.sum_(*self._counts.values(), self._entropy_sum, seen)  # over the ranks
+        self._seen = int(seen)
         out: dict[str, float] = {}
         for name, opts in self.options.items():
             counts = self._counts[name].double().cpu()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MODELS
+from ..threat import Draws, draw
 
 DEFAULT_BACKBONE: dict[str, Any] = {"name": "small_cnn", "width": 16}
 
@@ -64,14 +65,14 @@ def build_policy(backbone: Mapping[str, Any] | None, input_shape: Sequence[int],
     return PolicyNet(net, int(net.feature_dim), heads)
 
 
-def sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample(logits: torch.Tensor, generator: Draws) -> torch.Tensor:
     """One draw per row of a categorical with these logits (B, K) -> (B,) int64.
 
     Inverse-CDF sampling with one uniform per row from ``generator``, so a seeded generator
     (checkpointed with the strategy) reproduces the draws exactly on any device.
     """
     probs = F.softmax(logits.detach().float(), dim=1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=probs.dtype)
+    u = draw(torch.rand, (probs.shape[0], 1), generator, device=probs.device, dtype=probs.dtype)
     return (probs.cumsum(dim=1) < u).sum(dim=1).clamp_(max=probs.shape[1] - 1)
 
 
@@ -90,16 +91,21 @@ def log_prob_and_entropy(logits: Mapping[str, torch.Tensor],
 
 
 def reinforce_loss(log_prob: torch.Tensor, reward: torch.Tensor, baseline: torch.Tensor | float = 0.0,
-                   entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> torch.Tensor:
+                   entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+                   total: int | None = None) -> torch.Tensor:
     """Surrogate whose gradient is minus the REINFORCE estimate of Eq. (12), with a baseline.
 
     loss = -mean_i[(R_i - b) * log p(a_i | x_i)] - c * mean_i[H_i]. Minimising it ascends
     J(theta) = E[R]. The advantage is detached, so neither the reward nor the baseline carries
     gradient; a baseline b that does not depend on the current actions leaves the expected
-    gradient unchanged (E[grad log p] = 0) and only lowers its variance.
+    gradient unchanged (E[grad log p] = 0) and only lowers its variance. ``total``: the rows
+    of the global batch when these are one rank's shard (its share of the mean: sum / total).
     """
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        return v.mean() if total is None else v.sum() / total
+
     advantage = (reward - baseline).detach()
-    loss = -(advantage * log_prob).mean()
+    loss = -mean(advantage * log_prob)
     if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * entropy.mean()
+        loss = loss - entropy_coef * mean(entropy)
     return loss

@@ -90,11 +90,15 @@ class SAAT(Strategy):
         self.seen.zero_()
 
     def observe(self, fb: Feedback) -> None:
-        res, idx = fb.result, fb.batch.idx.to(self.seen.device)
-        self.eps_last[idx] = res.info["eps"].float()
-        self.loss_last[idx] = res.loss.float()
-        self.steps_last[idx] = res.steps_used
-        self.reached_last[idx] = res.info["reached"]
+        # the whole global batch's rows on every rank, so the tables (and checkpoints) agree
+        res, total, dev = fb.result, fb.batch.rows.total, self.seen.device
+        idx, eps, loss, steps, reached = self.ctx.world.gather_batch(
+            total, fb.batch.idx.to(dev), res.info["eps"].float(), res.loss.float(),
+            res.steps_used, res.info["reached"])
+        self.eps_last[idx] = eps
+        self.loss_last[idx] = loss
+        self.steps_last[idx] = steps
+        self.reached_last[idx] = reached
         self.seen[idx] = True
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
