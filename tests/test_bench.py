@@ -52,30 +52,25 @@ def test_one_row_per_preset_and_the_reference(result):
     assert len(result["load"]["start"]) == 3 and len(result["load"]["end"]) == 3
 
 
-def test_pgd_at_passes(result):
+# (forward, backward, weight-backward) rows per image, derived from the code:
+PASSES = {
     # K attack steps, each a forward and an input-gradient backward of the whole batch (no
     # early stop, so no compaction), then the training forward and its weight backward
-    r = rows(result)["pgd-at"]
-    assert r["forward_rows_per_image"] == K + 1
-    assert r["backward_rows_per_image"] == K + 1
-    assert r["weight_backward_rows_per_image"] == 1
-
-
-def test_trades_passes(result):
+    "pgd-at": (K + 1, K + 1, 1),
     # objective.prepare: the clean eval-mode forward for the KL reference (no grad); K attack
     # steps on the KL; the loss forwards x and x_adv and back-propagates through both
-    r = rows(result)["trades"]
-    assert r["forward_rows_per_image"] == 1 + K + 2
-    assert r["backward_rows_per_image"] == K + 2
-    assert r["weight_backward_rows_per_image"] == 2
-
-
-def test_awp_passes_include_the_proxy(result):
+    "trades": (1 + K + 2, K + 2, 2),
     # as PGD-AT, plus the proxy's forward and weight backward on x_adv (AWP's ascent step)
-    r = rows(result)["awp"]
-    assert r["forward_rows_per_image"] == K + 2
-    assert r["backward_rows_per_image"] == K + 2
-    assert r["weight_backward_rows_per_image"] == 2
+    "awp": (K + 2, K + 2, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(PASSES))
+def test_pass_counts_are_the_known_values(result, name):
+    r = rows(result)[name]
+    got = (r["forward_rows_per_image"], r["backward_rows_per_image"],
+           r["weight_backward_rows_per_image"])
+    assert got == PASSES[name]
 
 
 def test_reference_computes_weight_gradients_in_the_attack(result):
