@@ -165,10 +165,14 @@ def test_an_error_on_one_rank_ends_every_rank_with_its_line(runs):
     (["data.batch_size=31"], "data.batch_size"),  # 31 rows do not split over 2 ranks
     (["model.norm=batch", "model.sync_bn=true"], "model.sync_bn"),  # CPU
 ])
-def test_what_sharding_cannot_do_is_refused_in_one_line_per_rank(runs, overrides, field):
+def test_what_sharding_cannot_do_is_refused_in_one_line(runs, overrides, field):
     root = runs["root"]
     jobs = [["train", "pgd-at", *COMMON, *overrides, "--out", str(root / f"bad-{field}")]]
     done = launch(jobs, root, 2, timeout=180)
     assert done.returncode != 0
     lines = [ln for ln in done.stderr.splitlines() if "error: " + field in ln]
-    assert sorted(ln.split("]")[0] for ln in lines) == ["[rank 0", "[rank 1"], done.stderr[-2000:]
+    # every rank meets the same error; torchrun ends the others as soon as the first exits,
+    # so one or both lines appear, each marked with its rank and saying the same
+    assert 1 <= len(lines) <= 2, done.stderr[-2000:]
+    assert all(ln.startswith("[rank ") for ln in lines)
+    assert len({ln.split("] ", 1)[1] for ln in lines}) == 1
