@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,16 @@ def launch(jobs: list[list[str]], root: Path, ranks: int, *extra: str,
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={ranks}", *extra, *cmd[1:]]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, env=full_env, timeout=timeout, capture_output=True, text=True)
+    # a session of its own, so that a timeout ends torchrun *and* its ranks (no orphans)
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def train_jobs(root: Path, warm: Path, names=PRESETS) -> list[list[str]]:
