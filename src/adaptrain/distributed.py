@@ -71,9 +71,7 @@ class World:
 
     def shard(self, total: int) -> Rows:
         """This rank's contiguous rows of a global batch of ``total`` rows."""
-        base, extra = divmod(total, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return Rows(start, start + base + (self.rank < extra), total)
+        return Rows.shard(total, self.rank, self.size)
 
     def gather_rows(self, t: torch.Tensor, total: int) -> torch.Tensor:
         """The (total, ...) global tensor from every rank's shard (b_r, ...) of it."""
@@ -86,7 +84,7 @@ class World:
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded.contiguous())
-        sizes = [World(r, self.size).shard(total) for r in range(self.size)]
+        sizes = [Rows.shard(total, r, self.size) for r in range(self.size)]
         return torch.cat([p[: s.stop - s.start] for p, s in zip(parts, sizes, strict=True)])
 
     def gather_batch(self, total: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

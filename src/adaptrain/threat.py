@@ -108,6 +108,14 @@ class Rows:
     def all(n: int) -> Rows:
         return Rows(0, n, n)
 
+    @staticmethod
+    def shard(total: int, rank: int, size: int) -> Rows:
+        """Rank ``rank`` of ``size``'s contiguous rows of ``total``: sizes differ by at most
+        one, earlier ranks take the extra rows."""
+        base, extra = divmod(total, size)
+        start = rank * base + min(rank, extra)
+        return Rows(start, start + base + (rank < extra), total)
+
 
 @dataclass(frozen=True)
 class ShardDraws:

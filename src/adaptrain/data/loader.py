@@ -86,9 +86,7 @@ class BatchLoader:
         """This rank's contiguous rows of global batch ``b``: sizes differ by at most one,
         earlier ranks take the extra rows."""
         total = min(self.batch_size, int(self.x.shape[0]) - b * self.batch_size)
-        base, extra = divmod(total, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return Rows(start, start + base + (self.rank < extra), total)
+        return Rows.shard(total, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[Batch]:
         # All random draws happen here, eagerly, before the first batch is produced.

@@ -91,14 +91,18 @@ class SAAT(Strategy):
 
     def observe(self, fb: Feedback) -> None:
         # the whole global batch's rows on every rank, so the tables (and checkpoints) agree
-        res, total, dev = fb.result, fb.batch.rows.total, self.seen.device
-        idx, eps, loss, steps, reached = self.ctx.world.gather_batch(
-            total, fb.batch.idx.to(dev), res.info["eps"].float(), res.loss.float(),
-            res.steps_used, res.info["reached"])
-        self.eps_last[idx] = eps
-        self.loss_last[idx] = loss
-        self.steps_last[idx] = steps
-        self.reached_last[idx] = reached
+        # (one collective: the five columns travel as one float64 table, exact for indices,
+        # step counts and flags)
+        res, dev = fb.result, self.seen.device
+        cols = torch.stack([fb.batch.idx.to(dev).double(), res.info["eps"].double(),
+                            res.loss.double(), res.steps_used.double(),
+                            res.info["reached"].double()], dim=1)
+        idx, eps, loss, steps, reached = self.ctx.world.gather_rows(cols, fb.batch.rows.total).T
+        idx = idx.long()
+        self.eps_last[idx] = eps.float()
+        self.loss_last[idx] = loss.float()
+        self.steps_last[idx] = steps.long()
+        self.reached_last[idx] = reached.bool()
         self.seen[idx] = True
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
