@@ -94,8 +94,8 @@ class Config:
     seed: int = 0
     epochs: int = 200
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 forward passes on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    amp: str = "auto"  # auto (bf16 training forwards where bf16 is native) | bf16 | off
+    channels_last: str = "auto"  # auto (with native bf16) | on | off
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     # CPU threads per process: auto = the CPUs this process may use (affinity, cgroup quota)
     # divided by the processes sharing them (torchrun's local ranks); OMP_NUM_THREADS wins

@@ -82,7 +82,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict[str, Any]], *,
                   select: str, preset: str, finished: bool, eval_info: dict[str, Any],
-                  wall_time: float, device: torch.device) -> dict[str, Any]:
+                  wall_time: float, device: torch.device,
+                  precision: dict[str, bool] | None = None) -> dict[str, Any]:
     if history:
         _write_csv(out / "metrics.csv", history)
     if any(len(t) > 1 for t in telemetry):
@@ -98,7 +99,7 @@ def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict
         "preset": preset, "finished": finished, "epochs_completed": len(history),
         "best_epoch": None if best is None else best["epoch"], "best": pick(best),
         "last": pick(last), "eval": eval_info, "wall_time_s": round(wall_time, 3),
-        "device": str(device), "versions": versions(),
+        "device": str(device), "precision": precision, "versions": versions(),
     }
     fileio.write_file(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     return summary

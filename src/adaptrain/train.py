@@ -32,6 +32,7 @@ from .evaluate import evaluate_attacks, parse_spec
 from .models import build_model, first_nonfinite
 from .objectives import OBJECTIVES, Objective
 from .overfitting import catastrophic_overfitting
+from .precision import use_amp, use_channels_last
 from .regularizers import REGULARIZERS, Regularizer
 from .rundir import PRESET_MARK, best_row, epoch_line, resolve_device
 from .schedules import first_decay_epoch, make_schedule
@@ -83,8 +84,8 @@ class Run:
                     self.loss_net = torch.nn.parallel.DistributedDataParallel(
                         self.model, device_ids=ids, broadcast_buffers=False)
 
-    def amp(self):  # bf16 autocast for forward passes on CUDA
-        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
+    def amp(self):  # bf16 autocast for the training's forward passes
+        on = use_amp(self.cfg.amp, self.device)
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
@@ -125,8 +126,7 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
                          split_seed=cfg.data.split_seed)
     spec = splits.spec
     model = build_model(cfg.model, spec).to(device)
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
-    if channels_last:
+    if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     if cfg.init_from and state is None:
         checkpoint.load_into(model, checkpoint.resolve(cfg.init_from, "best"))
@@ -402,4 +402,6 @@ def write_outputs(run: Run, preset: str, finished: bool) -> dict[str, Any]:
         eval_info={"attack": e.attack, "eps": e.eps, "step_size": e.step_size, "n": len(run.val[1]),
                    "split": "val" if run.cfg.data.val_size > 0 else "test",
                    "norm": run.cfg.attack.get("norm", "linf"), "select": e.select},
-        wall_time=run.wall_time, device=run.device)
+        wall_time=run.wall_time, device=run.device,
+        precision={"bf16_autocast": use_amp(run.cfg.amp, run.device),  # what `auto` became here
+                   "channels_last": use_channels_last(run.cfg.channels_last, run.device)})

@@ -37,6 +37,7 @@ from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, 
 from ..context import Batch, Feedback, RunContext, Stream
 from ..errors import ConfigError
 from ..models import MODELS
+from ..precision import use_amp
 from ..threat import Rows, ShardDraws
 from .base import STRATEGIES, Strategy
 from .las_policy import DEFAULT_BACKBONE, build_policy, log_prob_and_entropy, reinforce_loss, sample
@@ -130,7 +131,8 @@ class LAS(Strategy):
         lookahead: ``sgd`` (w - lr * g, Eq. 5) or ``optimizer`` (the step the real optimiser
         will take: momentum, Nesterov, weight decay). baseline: moving average of the mean
         reward (momentum ``baseline_momentum``) or none. clip_grad: policy gradient norm
-        clip (0: off). amp: bf16 autocast for the policy and reward passes (auto: on CUDA).
+        clip (0: off). amp: bf16 autocast for the policy and reward passes (auto: where bf16
+        is native, :mod:`adaptrain.precision`).
         """
         self._check(dict(locals()))
         super().__init__(ctx)
@@ -374,9 +376,8 @@ class LAS(Strategy):
     # ----------------------------------------------------------------------------- helpers
 
     def _autocast(self):
-        dev = self.ctx.device.type
-        on = self.amp == "bf16" or (self.amp == "auto" and dev == "cuda")
-        return torch.autocast(dev, dtype=torch.bfloat16) if on else nullcontext()
+        on = use_amp(self.amp, self.ctx.device)
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16) if on else nullcontext()
 
     def _eval_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), frozen_model(model, "eval"), self._autocast():
