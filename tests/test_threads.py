@@ -176,3 +176,29 @@ def test_apply_threads_really_sets_torch():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+PROBE = """
+import os, sys
+seen = []
+class AtTorchImport:  # records the wait policy at the moment torch (and its OpenMP) loads
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, AtTorchImport())
+import adaptrain.cli
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_makes_openmp_wait_passively_unless_told(preset, expected):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip() == expected

@@ -13,9 +13,15 @@ import argparse
 import os
 import sys
 
-from ..errors import AdaptrainError, ConfigError, TrainingError
-from . import bench, calibrate, presets, report, train
-from . import eval as eval_cmd
+# Read once, when torch loads the OpenMP runtime, so it must come first: threads waiting for
+# work sleep instead of spinning on a core that another busy process needs (2 threads next to
+# two busy processes on 2 cores: quickstart 627 s spinning, 202 s passive; idle 94 vs 98 s;
+# docs/bench.md, "Threads"). A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ..errors import AdaptrainError, ConfigError, TrainingError  # noqa: E402
+from . import bench, calibrate, presets, report, train  # noqa: E402
+from . import eval as eval_cmd  # noqa: E402
 
 SUBCOMMANDS = (train, eval_cmd, report, calibrate, presets, bench)
 
