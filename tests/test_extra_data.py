@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaptrain import checkpoint
 from adaptrain.cli import main
 from adaptrain.config import build_config
 from adaptrain.data import BatchLoader
@@ -265,3 +266,30 @@ def test_a_resumed_run_with_extra_data_equals_an_uninterrupted_one(tmp_path, mon
     ma = (full / "metrics.csv").read_text().splitlines()
     mb = (cut / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[:4] for r in ma] == [r.split(",")[:4] for r in mb]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_with_extra_data_what_one_process_trains(tmp_path):
+    from test_distributed import COMMON, TOL, WARM, assert_tables_agree, launch, max_diff, weights
+
+    gen = write_npz(tmp_path / "gen.npz", 200)
+    warm = tmp_path / "warm"
+
+    def job(out: Path) -> list[str]:  # UIAT: per-sample momentum over real and extra indices
+        return ["train", "uiat-extra", *COMMON, f"init_from={warm}", f"data.extra={gen}",
+                "objective.momentum_start=1", "--out", str(out), "--quiet"]
+
+    first = [["train", "standard", *COMMON, *WARM, "--out", str(warm), "--quiet"]]
+    done = launch([*first, job(tmp_path / "one")], tmp_path, 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch([job(tmp_path / "two")], tmp_path, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert max_diff(weights(one), weights(warm)) > 100 * TOL
+    assert max_diff(weights(one), weights(two)) <= TOL
+    assert_tables_agree(one / "metrics.csv", two / "metrics.csv")
+    p1 = checkpoint.load_state(one / "checkpoints" / "last")["objective"]
+    p2 = checkpoint.load_state(two / "checkpoints" / "last")["objective"]
+    assert p1["p"].shape[0] == 64 + 200 and bool(p1["p_valid"][64:].any())  # extra rows stored
+    assert torch.equal(p1["p_valid"], p2["p_valid"])
+    assert torch.allclose(p1["p"], p2["p"], atol=1e-4, rtol=1e-4)
