@@ -33,6 +33,7 @@ LEGITIMATE: dict[tuple[str, str], set[str]] = {
     ("", "seed"): {"0"},
     ("", "init_from"): {"abc", "8/0"},  # relative paths; existence is checked when loading
     ("", "data.root"): {"abc", "8/0"},
+    ("", "data.extra"): {"abc", "8/0"},  # a path; the files are checked when training starts
     ("", "data.val_size"): {"0"},  # 0: select on the test split
     ("", "data.split_seed"): {"0"},
     ("", "optim.momentum"): {"0"},  # plain SGD

@@ -44,11 +44,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from adaptrain import checkpoint
 from adaptrain.config import Config, build_config, preset_names
+from adaptrain.data.extra import EXTRA_REQUIRED
 from adaptrain.train import setup, train
 
 GOLDEN = Path(__file__).parent / "golden" / "preset_weights.json"
@@ -93,6 +95,16 @@ class Runs:
             self.done[name] = out
         return self.done[name]
 
+    def extra(self) -> Path:
+        """Generated-data stand-in for presets that require ``data.extra``: 256 fixed random
+        digits-shaped images (uint8 (N, 8, 8, 1)) with labels 0..9."""
+        path = self.root / "extra.npz"
+        if not path.exists():
+            rng = np.random.default_rng(0)
+            np.savez(path, image=rng.integers(0, 256, (256, 8, 8, 1), dtype=np.uint8),
+                     label=rng.integers(0, 10, 256))
+        return path
+
     def stats(self, name: str) -> dict[str, Any]:
         """:func:`weight_stats` of ``name``'s run (trained if it was not yet)."""
         last = checkpoint.load_weights(self.train(name) / "checkpoints" / "last")
@@ -110,6 +122,8 @@ def overrides_for(name: str, runs: Runs) -> list[str]:
         over += ["strategy.decay_epochs=1", "strategy.clean_epochs=1"]
     if cfg.awp.warmup > 0:
         over += ["awp.warmup=1"]
+    if cfg.data.extra == EXTRA_REQUIRED:
+        over += [f"data.extra={runs.extra()}"]
     return over
 
 

@@ -322,7 +322,8 @@ def bench(entries: list[Entry], common: list[str], settings: Settings,
                     row.costs[k].append(v)
                 row.seconds.append(timed_epoch(row, E))
             log(f"repeat {r + 1}/{settings.repeats}: " + ", ".join(
-                f"{row.entry.label} {row.run.ctx.num_train / row.seconds[-1]:.1f} img/s" for row in rows))
+                f"{row.entry.label} {row.run.loader.images_per_epoch / row.seconds[-1]:.1f} img/s"
+                for row in rows))
         if not count_in_warmup:
             for row in rows:
                 with counted(row):
@@ -341,7 +342,7 @@ def bench(entries: list[Entry], common: list[str], settings: Settings,
 
 
 def _summarise(row: Row) -> dict[str, Any]:
-    images = row.run.ctx.num_train
+    images = row.run.loader.images_per_epoch
     ips = [images / s for s in row.seconds]
     med = statistics.median(ips)
     assert row.passes is not None

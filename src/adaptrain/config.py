@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 COMPONENT_SECTIONS = ("model", "strategy", "attack", "objective", "regularizer")
 INIT_REQUIRED = "required"  # init_from placeholder of fine-tuning presets: training refuses it
 DataDir = Annotated[str, PathOf("a data directory")]
+ExtraPath = Annotated[str, PathOf("an .npz file or a directory of shards")]
 RunOrCheckpoint = Annotated[str, PathOf("a run directory or checkpoint")]
 
 
@@ -56,6 +57,10 @@ class DataConfig:
     split_seed: int = 0  # fixes the validation split and subset, independent of ``seed``
     augment: str = "auto"  # auto | none | flip | crop_flip (auto: crop_flip from 32 px up)
     download: bool = True
+    # generated images mixed into every batch: an .npz (image uint8 (N,H,W,C), label (N,)) or a
+    # directory of shards, memory-mapped (docs/extra-data.md); checked before training starts
+    extra: ExtraPath | None = None
+    extra_fraction: float = 0.7  # share of each batch drawn from data.extra (when given)
 
 
 @dataclass
@@ -293,6 +298,15 @@ def _validate_data(cfg: Config) -> None:
     require_in(d.split_seed, "data.split_seed", 0, MAX_SEED)
     require(d.augment in ("auto", "none", "flip", "crop_flip"), "data.augment",
             f"{d.augment!r}; allowed: auto, none, flip, crop_flip")
+    require_in(d.extra_fraction, "data.extra_fraction", 0, 1, low_open=True, high_open=True,
+               why="every batch keeps real rows; the published recipes use 0.7")
+    if d.extra is not None:  # the files themselves: train.check_init, before any work
+        from .data.extra import extra_rows
+
+        e = extra_rows(d.extra_fraction, d.batch_size)
+        require(1 <= e < d.batch_size, "data.extra_fraction",
+                f"{d.extra_fraction:.6g} of data.batch_size={d.batch_size} is {e} generated rows; "
+                "a batch needs at least one generated and one real row")
 
 
 def _validate_optim(cfg: Config) -> None:

@@ -50,7 +50,7 @@ class Stream(IntEnum):
 class RunContext:
     """Facts about the run that components may size themselves by."""
 
-    num_train: int  # size of the training set; per-sample state is indexed by the loader's idx
+    num_train: int  # indices the loader yields (real images, then data.extra): per-sample state size
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
     epochs: int

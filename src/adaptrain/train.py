@@ -26,6 +26,7 @@ from .claim import claim
 from .config import INIT_REQUIRED, Config
 from .context import Batch, Feedback, RunContext, StepInfo, Stream
 from .data import BatchLoader, load_arrays, make_splits
+from .data.extra import ExtraData, check_extra
 from .distributed import SINGLE, World
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
@@ -103,10 +104,12 @@ def check_world(cfg: Config, world: World) -> None:
 
 
 def check_init(cfg: Config) -> None:
-    """Fine-tuning presets name no model to start from: the user must give one."""
+    """Fine-tuning presets name no model to start from: the user must give one. Extra data
+    (``data.extra``): the preset placeholder refused, the files' headers checked."""
     if cfg.init_from == INIT_REQUIRED:
         raise ConfigError("init_from", "this preset fine-tunes a trained model: give "
                           "init_from=RUN_DIR_OR_CHECKPOINT (e.g. a run of the standard preset)")
+    check_extra(cfg.data.extra)
 
 
 def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
@@ -125,6 +128,10 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
     splits = make_splits(arrays, subset=cfg.data.subset, val_size=cfg.data.val_size,
                          split_seed=cfg.data.split_seed)
     spec = splits.spec
+    extra = None
+    if cfg.data.extra is not None:  # generated images, memory-mapped: shape and labels checked
+        extra = ExtraData(cfg.data.extra)
+        extra.check_against((*spec.image_size, spec.in_channels), spec.num_classes)
     model = build_model(cfg.model, spec).to(device)
     if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
@@ -142,11 +149,12 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
     loader = BatchLoader(splits.x_train, splits.y_train, batch_size=cfg.data.batch_size,
                          device=device, shuffle=True, augment=augment,
                          generator=generators["loader"], drop_last=False, rank=world.rank,
-                         world_size=world.size)
+                         world_size=world.size,
+                         extra=extra, extra_fraction=cfg.data.extra_fraction)
     lr_at = make_schedule(o.schedule, o.lr, cfg.epochs, milestones=o.milestones,
                           gamma=o.gamma, peak_at=o.peak_at)
     ctx = RunContext(
-        num_train=int(splits.x_train.shape[0]), num_classes=spec.num_classes,
+        num_train=loader.num_samples, num_classes=spec.num_classes,
         input_shape=tuple(splits.x_train.shape[1:]), epochs=cfg.epochs,
         batches_per_epoch=len(loader), device=device, seed=cfg.seed, dataset=spec.name,
         lr_at=lr_at, first_decay_epoch=first_decay_epoch(

@@ -11,7 +11,7 @@ from .base import DATASETS, DataArrays, DataSpec
 from .loader import BatchLoader
 from .splits import Splits, make_splits
 
-import_submodules(__name__, __path__, skip=("base", "loader", "splits"))
+import_submodules(__name__, __path__, skip=("base", "extra", "loader", "splits"))
 
 __all__ = [
     "DATASETS",
