@@ -1,4 +1,4 @@
-"""``adaptrain`` command line: train, eval, report, calibrate-dra, presets, bench — one module each.
+"""``adaptrain`` command line: train, eval, export, report, calibrate-dra, presets, bench — one module each.
 
 Each subcommand module owns its parser (``add_parser``) and its work (``run``). Errors a user
 can fix (bad preset, field, flag, value, missing data, unsafe checkpoint, a malformed command
@@ -14,10 +14,10 @@ import os
 import sys
 
 from ..errors import AdaptrainError, ConfigError, TrainingError
-from . import bench, calibrate, presets, report, train
+from . import bench, calibrate, export, presets, report, train
 from . import eval as eval_cmd
 
-SUBCOMMANDS = (train, eval_cmd, report, calibrate, presets, bench)
+SUBCOMMANDS = (train, eval_cmd, export, report, calibrate, presets, bench)
 
 
 class Parser(argparse.ArgumentParser):
