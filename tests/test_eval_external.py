@@ -300,4 +300,4 @@ def test_robustbench_models_without_the_package_name_it(capsys, here, no_robustb
     sys.modules["robustbench"] = None  # import robustbench -> ImportError (removed afterwards)
     code, err, _ = ev(capsys, "--model", "robustbench:Carmon2019Unlabeled", "--data", "cifar10",
                       "--out", "y.json")
-    assert code == 2 and err.startswith("error: --model:") and "pip install robustbench" in err
+    assert code == 2 and err.startswith("error: --model:") and "needs the robustbench package" in err

@@ -230,7 +230,7 @@ def _robustbench(name: str, data: str, norm: str, model_dir: Path, weights: Path
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     except ImportError as exc:
         raise ConfigError("--model", f"robustbench:{name} needs the robustbench package ({exc}); "
-                          "install it: pip install robustbench") from None
+                          "install it as its repository says, with AutoAttack (docs/evaluation.md)") from None
     if norm not in ROBUSTBENCH_THREATS:
         raise ConfigError("--norm", f"RobustBench threat models are {', '.join(ROBUSTBENCH_THREATS)}")
     threat = ROBUSTBENCH_THREATS[norm]
