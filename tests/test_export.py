@@ -138,6 +138,12 @@ def test_export_mistakes_are_one_line_naming_the_option(capsys, run, tmp_path, m
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_export_of_a_folder_that_is_not_a_run(capsys, tmp_path):
+    code, _, err = export(capsys, tmp_path, "torchscript", tmp_path / "m.pt")
+    assert code == 2 and err.startswith("error: adaptrain export:") and "not a run directory" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_export_keeps_an_existing_file_unless_forced(capsys, run, tmp_path):
     out = tmp_path / "model.pt"
     out.write_text("someone's file")

@@ -47,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
     n = integer(args.check_n, "--check-n", 1, 100_000)
     out = _out(args)
     check_writable(out)
-    model, cfg, arrays, _ = load_model(args.run, args.checkpoint, None, "cpu")
+    try:
+        model, cfg, arrays, _ = load_model(args.run, args.checkpoint, None, "cpu")
+    except ConfigError as exc:
+        if exc.field != "--config":
+            raise
+        raise ConfigError("adaptrain export", f"{args.run} is not a run directory (no config.yaml "
+                          "in it or two levels up)") from None
     x, _ = examples(cfg, arrays, "test", n, say=None)
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     export_mod.export(model, args.format, out, x[:2])
