@@ -206,6 +206,7 @@ def malicious(path: Path) -> Path:
     ("no-default-eps", "--eps", "no default l2 budget"),
     ("val-split", "--split", "test split"),
     ("weights-with-a-run", "--weights", "--model"),
+    ("data-with-a-run", "--data", "goes with --model"),
     ("model-and-run", "--model", "not both"),
     ("nothing", "adaptrain eval", "--model"),
 ])
@@ -232,6 +233,7 @@ def test_external_mistakes_are_one_line_naming_the_option(capsys, here, trained,
         "no-default-eps": ("--model", "extmodels:small", "--norm", "l2", *base),
         "val-split": ("--model", "extmodels:small", "--split", "val", *base),
         "weights-with-a-run": (str(trained), "--weights", w),
+        "data-with-a-run": (str(trained), "--data", "digits"),
         "model-and-run": (str(trained), "--model", "extmodels:small", *base),
         "nothing": (),
     }[case]
