@@ -1,4 +1,4 @@
-"""``adaptrain`` command line: train, eval, report, calibrate-dra, presets, bench — one module each.
+"""``adaptrain`` command line: train, eval, export, report, calibrate-dra, presets, bench — one module each.
 
 Each subcommand module owns its parser (``add_parser``) and its work (``run``). Errors a user
 can fix (bad preset, field, flag, value, missing data, unsafe checkpoint, a malformed command
@@ -20,10 +20,10 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..errors import AdaptrainError, ConfigError, TrainingError  # noqa: E402
-from . import bench, calibrate, presets, report, train  # noqa: E402
+from . import bench, calibrate, export, presets, report, train  # noqa: E402
 from . import eval as eval_cmd  # noqa: E402
 
-SUBCOMMANDS = (train, eval_cmd, report, calibrate, presets, bench)
+SUBCOMMANDS = (train, eval_cmd, export, report, calibrate, presets, bench)
 
 
 class Parser(argparse.ArgumentParser):

@@ -165,8 +165,9 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
                         corruption_table=args.corruption_table, bf16=args.bf16)
 
 
-def destination(args: argparse.Namespace, run_dir: Path | None) -> Path:
-    """The result file: --out, else RUN/eval/<checkpoint>.json, else next to the checkpoint."""
+def destination(args: argparse.Namespace, run_dir: Path | None, default: Path | None = None) -> Path:
+    """The result file: --out, else RUN/eval/<checkpoint>.json, else ``default``, else next to
+    the checkpoint."""
     if args.out is not None:
         if not str(args.out).strip():
             raise ConfigError("--out", "empty; give the JSON file to write, e.g. eval.json")
@@ -176,6 +177,8 @@ def destination(args: argparse.Namespace, run_dir: Path | None) -> Path:
                               f"state go next to it), got {args.out!r}")
     elif run_dir is not None:
         dest = run_dir / "eval" / f"{args.checkpoint}.json"
+    elif default is not None:
+        dest = default
     else:
         dest = Path(str(args.target).rstrip("/") + ".eval.json")
     if dest.is_dir():
@@ -239,11 +242,84 @@ def run(args: argparse.Namespace) -> int:
     first, so a mistake never costs the evaluation's hours (see the module docstring). Every
     rank parses the same command line, so a bad flag stops every rank alike."""
     settings_from_args(args)  # bad arguments stop here, before anything is read
+    check_source(args)
     world = World.from_env(str(args.device))
     try:
         return _run(args, world)
     finally:
         world.close()
+
+
+def check_source(args: argparse.Namespace) -> None:
+    """Exactly one model to evaluate: a run / checkpoint / weights file, or ``--model`` with
+    its own options; every external option is checked here, before anything is read."""
+    from ..data import DATASETS
+    from ..external import check_spec, parse_kwargs
+
+    if args.model is None:
+        if args.target is None:
+            raise ConfigError("adaptrain eval", "give a run directory, checkpoint or weights file, "
+                              "or an external model with --model pkg.module:builder")
+        for flag, value in (("--model-kwargs", args.model_kwargs), ("--data", args.data),
+                            ("--data-root", args.data_root)):
+            if value is not None:
+                raise ConfigError(flag, "goes with --model; a run evaluates on its own data set")
+        if args.weights is not None:
+            raise ConfigError("--weights", "a weights FILE goes with --model; a run's checkpoint is "
+                              "chosen with --checkpoint best|last")
+        return
+    if args.target is not None:
+        raise ConfigError("--model", f"give either a run ({args.target}) or --model, not both")
+    check_spec(args.model)
+    parse_kwargs(args.model_kwargs)
+    if args.config is not None:
+        raise ConfigError("--config", "does not go with --model (an external model has no config)")
+    if args.data is None:
+        raise ConfigError("--data", f"an external model needs the data set to evaluate on; one of "
+                          f"{', '.join(DATASETS.names())}")
+    if args.data not in DATASETS:
+        raise ConfigError("--data", f"unknown {args.data!r}; allowed: {', '.join(DATASETS.names())}")
+    if args.split != "test":
+        raise ConfigError("--split", "an external model is evaluated on the test split only "
+                          "(the val split is held out of a run's training data)")
+
+
+def _run_external(args: argparse.Namespace, world: World) -> int:
+    """``--model``: build and load the external model, probe its contract, then the same
+    evaluation, checks and provenance as for a run. The threat model: --norm (default linf)
+    and --eps, else the data set's standard budget (:data:`adaptrain.external.DEFAULT_EPS`)."""
+    from .. import external
+    from ..data import load_arrays
+    from ..errors import AdaptrainError
+
+    kwargs = external.parse_kwargs(args.model_kwargs)
+    norm = _norm(args, None) or "linf"
+    eps = budget(args.eps, "--eps", norm) if args.eps is not None else external.default_eps(args.data, norm)
+    cfg = external.config_for(args.data, args.data_root, norm, eps)
+    settings = settings_from_args(args, cfg)
+    device = parse_device(world.device(str(args.device)))
+    if world.many and device.type == "cpu":
+        _share_cores(world)
+    weights = Path(args.weights) if args.weights is not None else None
+    loaded = external.load(args.model, kwargs, weights, data=args.data, norm=norm,
+                           model_dir=Path(args.model_dir))
+    dest = destination(args, None, default=Path(str(loaded.weights or args.model.replace(":", "_"))
+                                                 + ".eval.json"))
+    check_writable(dest)
+    try:
+        arrays = load_arrays(args.data, args.data_root)
+    except AdaptrainError as exc:  # name the flags of this command, not the config fields
+        flag = {"data.name": "--data", "data.root": "--data-root"}.get(exc.field, exc.field)
+        raise type(exc)(flag, exc.message) from None
+    model = loaded.model.to(device)
+    x, y = examples(cfg, arrays, "test", integer(args.n, "--n", 1, MAX_N),
+                    say=print if world.main else None)
+    # the probe sees the same images whatever --n is
+    external.check_contract(model, arrays.x_test, arrays.y_test, arrays.spec, device)
+    origin = {"target": args.model, "checkpoint": str(loaded.weights), "model_kwargs": kwargs,
+              "weights_sha256": loaded.sha256,
+              "threat_from": "--eps" if args.eps is not None else f"default for {args.data}"}
+    return _locked_evaluation(args, cfg, settings, model, x, y, dest, world, origin)
 
 
 def _share_cores(world: World) -> None:
@@ -254,6 +330,8 @@ def _share_cores(world: World) -> None:
 
 
 def _run(args: argparse.Namespace, world: World) -> int:
+    if args.model is not None:
+        return _run_external(args, world)
     cfg, run_dir = config_for(args.target, args.config)
     settings = settings_from_args(args, cfg)
     device = parse_device(world.device(str(args.device)))
@@ -265,6 +343,14 @@ def _run(args: argparse.Namespace, world: World) -> int:
     model, arrays = load_weights_into_model(cfg, weights, device)
     x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N),
                     say=print if world.main else None)
+    origin = {"target": str(args.target), "checkpoint": args.checkpoint}
+    return _locked_evaluation(args, cfg, settings, model, x, y, dest, world, origin)
+
+
+def _locked_evaluation(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
+                       x: torch.Tensor, y: torch.Tensor, dest: Path, world: World,
+                       origin: dict[str, Any]) -> int:
+    """Rank 0 takes the destination's lock, then every rank evaluates."""
     with ExitStack() as stack:
         failed: ConfigError | None = None
         if world.main:  # rank 0 alone holds the destination
@@ -276,11 +362,12 @@ def _run(args: argparse.Namespace, world: World) -> int:
             if failed is not None:
                 raise failed
             return 2  # rank 0 says why
-        return _evaluate_into(args, cfg, settings, model, x, y, dest, world)
+        return _evaluate_into(args, cfg, settings, model, x, y, dest, world, origin)
 
 
 def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
-                   x: torch.Tensor, y: torch.Tensor, dest: Path, world: World) -> int:
+                   x: torch.Tensor, y: torch.Tensor, dest: Path, world: World,
+                   origin: dict[str, Any]) -> int:
     """The evaluation proper, under the destination's lock; resumable from the state file."""
     from ..evaluate import checks as checks_mod
     from ..evaluate import evaluate
@@ -305,8 +392,7 @@ def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch
     if not world.main:
         return 0
     provenance = {
-        **versions(), "autoattack": aa_version(), "target": str(args.target),
-        "checkpoint": args.checkpoint, "data": cfg.data.name, "split": args.split,
+        **versions(), "autoattack": aa_version(), **origin, "data": cfg.data.name, "split": args.split,
         "seed": settings.seed, "n": int(y.shape[0]), "eps": settings.eps, "norm": settings.norm,
         "attacks": settings.attacks, "aa_version": settings.aa_version,
         "aa_attacks": list(settings.aa_attacks) if settings.aa_attacks else None,
@@ -318,7 +404,7 @@ def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     doc = json_ready(result, provenance)
-    md = write_results(dest, doc, args.checkpoint)
+    md = write_results(dest, doc, Path(str(origin["checkpoint"])).stem)
     if not args.keep_state:
         result["_state"].remove()
     print(md, end="")
@@ -332,7 +418,8 @@ def add_parser(sub: Any) -> None:
     e.set_defaults(fn=run)
     from ..evaluate.specs import HELP
 
-    e.add_argument("target", help="run directory, checkpoint directory or weights file")
+    e.add_argument("target", nargs="?", default=None,
+                   help="run directory, checkpoint directory or weights file (or --model)")
     e.add_argument("--attacks", default="clean,pgd-20",
                    help=f"comma list ({HELP}); default clean,pgd-20")
     e.add_argument("--aa-version", default="standard", metavar="{" + ",".join(AA_VERSIONS) + "}",
@@ -342,11 +429,11 @@ def add_parser(sub: Any) -> None:
     e.add_argument("-n", "--n", default=1000,
                    help=f"number of examples (first n of the split; 1 .. {MAX_N})")
     e.add_argument("--eps", default=None, help="budget in [0, 1] image units, e.g. 8/255 (at most 1 "
-                   "for linf; default: the run's eval.eps)")
+                   "for linf; default: the run's eval.eps; with --model, the data set's standard)")
     e.add_argument("--step-size", default=None, help="attack step: absolute in (0, 1] (2/255) or "
                    "relative (eps/4, at most eps*10); default: the run's")
     e.add_argument("--norm", default=None, metavar="{" + ",".join(NORMS) + "}",
-                   help="threat model (default: the run's)")
+                   help="threat model (default: the run's; with --model, linf)")
     e.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
                    help="run each attack only on the survivors of the earlier ones (default); "
                    "--no-cascade runs every attack on every clean-correct example")
@@ -374,3 +461,24 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--out", default=None, help="JSON file to write (default RUN/eval/<name>.json); "
                    "one evaluation at a time per file")
+    add_model_options(e)
+
+
+def add_model_options(e: argparse.ArgumentParser) -> None:
+    """The options of an external model (docs/evaluation.md, "Any model"). ``--weights`` is
+    defined here once: with --model it is the weights FILE."""
+    e.add_argument("--model", default=None,
+                   help="evaluate an external model instead of a run: pkg.module:builder (a callable "
+                   "returning an nn.Module that takes [0, 1] images and returns logits) or "
+                   "robustbench:NAME (weights already under --model-dir)")
+    e.add_argument("--model-kwargs", default=None,
+                   help="JSON object of keyword arguments for the builder, e.g. '{\"width\": 16}'")
+    e.add_argument("--weights", default=None,
+                   help="with --model: the weights file (.safetensors, or a torch state dict read "
+                   "with weights_only; pickled objects are refused)")
+    e.add_argument("--data", default=None, help="with --model: the data set to evaluate on (its test "
+                   "split), e.g. cifar10; its standard budget is the default --eps")
+    e.add_argument("--data-root", default=None, help="with --model: the data set's directory "
+                   "(default $ADAPTRAIN_DATA/<name> or ~/.cache/adaptrain/data/<name>)")
+    e.add_argument("--model-dir", default="models", help="RobustBench's model directory "
+                   "(<dir>/<data>/<Linf|L2>/<NAME>.pt; default ./models, as RobustBench's)")
