@@ -20,6 +20,7 @@ __all__ = [
     "DataSpec",
     "Splits",
     "default_root",
+    "eps_text",
     "load_arrays",
     "make_splits",
 ]
@@ -43,3 +44,10 @@ def load_arrays(
     entry = DATASETS.get(name)
     path = default_root(name) if root is None or str(root) == "" else Path(root).expanduser()
     return entry.builder(root=path, download=download, **fields)
+
+
+def eps_text(eps: float, name: str) -> str:
+    """A budget in [0, 1] units as the data set ``name`` writes it (its registered
+    ``eps_denominator``): ``8/255`` for 8-bit images, ``0.1`` for digits; unknown names /255."""
+    den = DATASETS.get(name).traits.eps_denominator if name in DATASETS else 255
+    return f"{eps * den:.4g}/{den}" if den else f"{eps:.4g}"
