@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from ..autoload import import_submodules
-from .base import DATASETS, DataArrays, DataSpec
+from .base import DATASETS, DataArrays, DataSpec, data_home
 from .loader import BatchLoader
 from .splits import Splits, make_splits
 
@@ -19,6 +18,7 @@ __all__ = [
     "DataArrays",
     "DataSpec",
     "Splits",
+    "data_home",
     "default_root",
     "eps_text",
     "load_arrays",
@@ -27,10 +27,9 @@ __all__ = [
 
 
 def default_root(name: str) -> Path:
-    """``$ADAPTRAIN_DATA/<name>``, or ``~/.cache/adaptrain/data/<name>`` when it is unset."""
-    base = os.environ.get("ADAPTRAIN_DATA")
-    parent = Path(base).expanduser() if base else Path.home() / ".cache" / "adaptrain" / "data"
-    return parent / name
+    """``<data home>/<name>``: see :func:`.base.data_home` ($ADAPTRAIN_DATA, else
+    $XDG_CACHE_HOME/adaptrain/data, else ~/.cache/adaptrain/data)."""
+    return data_home() / name
 
 
 def load_arrays(
