@@ -29,6 +29,7 @@ from .data import BatchLoader, eps_text, load_arrays, make_splits
 from .distributed import SINGLE, World
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
+from .logmetrics import LiveLog
 from .logprogress import duration, track
 from .models import build_model, first_nonfinite
 from .objectives import OBJECTIVES, Objective
@@ -67,6 +68,7 @@ class Run:
     # attack and every other extra forward use the unwrapped ``net``: input gradients only, no
     # gradient hooks or buffer broadcasts there)
     loss_net: torch.nn.Module | None = None
+    live: LiveLog | None = None  # TensorBoard / W&B copies of the tables (rank 0; log.*)
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -354,6 +356,8 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
             # summary.json from the start (it records the preset for a resume); on a resume,
             # the tables as of the recovered epoch
             write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
+            run.live = LiveLog(out, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                               start_epoch=run.start_epoch, epochs=cfg.epochs, config=cfg.to_dict())
         return train_epochs(run, preset, progress, log)
 
 
@@ -392,6 +396,8 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
             if best_row(run.history, cfg.eval.select) is row:
                 checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
             write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
+            if run.live is not None:  # after the tables: a failure here loses nothing
+                run.live.epoch(row, run.telemetry[-1])
         run.world.barrier()  # no rank runs ahead of the epoch's checkpoint
         # the strategy's state in its own words, and the time left at this session's pace
         state = run.strategy.summary(run.telemetry[-1], lambda e: eps_text(e, cfg.data.name))
