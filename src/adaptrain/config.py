@@ -94,6 +94,13 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    # live copies of metrics.csv / strategy.csv (which stay the record), see adaptrain.logmetrics
+    tensorboard: bool = False  # scalars + eps histograms under RUN/tensorboard/ (extra [tensorboard])
+    wandb: bool = False  # Weights & Biases ($WANDB_PROJECT, default adaptrain); needs wandb installed
+
+
+@dataclass
 class Config:
     description: str = ""
     seed: int = 0
@@ -117,6 +124,7 @@ class Config:
     regularizer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     awp: AWPConfig = field(default_factory=AWPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +277,7 @@ def validate(cfg: Config) -> None:
     _validate_data(cfg)
     _validate_optim(cfg)
     _validate_awp_and_eval(cfg)
+    _validate_log(cfg)
     _validate_components(cfg)
 
 
@@ -344,6 +353,12 @@ def _validate_awp_and_eval(cfg: Config) -> None:
     spec = parse_spec(e.attack, "eval.attack")
     require_in(spec.steps, "eval.attack", 0, MAX_STEPS, why="attack steps")
     require_in(spec.restarts, "eval.attack", 1, MAX_RESTARTS, why="restarts")
+
+
+def _validate_log(cfg: Config) -> None:
+    from .logmetrics import check_available
+
+    check_available(cfg.log.tensorboard, cfg.log.wandb)
 
 
 def _validate_components(cfg: Config) -> None:

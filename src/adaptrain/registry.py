@@ -186,11 +186,14 @@ class Traits:
     ``single_step``: an attack with one gradient step (training then also records FGSM
     validation accuracy, the catastrophic-overfitting signal). ``eval_curve``: budgets
     ([0, 1] units) of the accuracy-vs-eps curve that ``adaptrain eval`` draws by default for
-    runs of this strategy (SAAT reports robustness disparity over them).
+    runs of this strategy (SAAT reports robustness disparity over them). ``eps_denominator``:
+    a data set's unit for printing budgets: 255 writes 8/255 (8-bit pixels), None a decimal
+    (digits, whose 0..16 features have no natural pixel step: 0.1).
     """
 
     single_step: bool = False
     eval_curve: tuple[float, ...] = ()
+    eps_denominator: int | None = 255
 
 
 @dataclass

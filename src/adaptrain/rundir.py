@@ -61,11 +61,18 @@ def previous_preset(out: Path) -> str:
     return first[len(PRESET_MARK):].strip() if first.startswith(PRESET_MARK) else ""
 
 
-def epoch_line(row: dict[str, Any], epochs: int, attack: str) -> str:
+def epoch_line(row: dict[str, Any], epochs: int, attack: str, strategy: str = "",
+               eta: str = "") -> str:
+    """One epoch in one line; ``strategy``: the strategy's summary (its adaptive state),
+    ``eta``: the time left, both shown when not empty."""
     s = (f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
          f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
     if "clean_acc" in row:
         s += f"  |  val clean {row['clean_acc']:.3f}  {attack} {row['robust_acc']:.3f}"
+    if strategy:
+        s += f"  |  {strategy}"
+    if eta:
+        s += f"  |  {eta}"
     return s
 
 

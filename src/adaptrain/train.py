@@ -25,11 +25,13 @@ from .awp import AWP
 from .claim import claim
 from .config import INIT_REQUIRED, Config
 from .context import Batch, Feedback, RunContext, StepInfo, Stream
-from .data import BatchLoader, load_arrays, make_splits
+from .data import BatchLoader, eps_text, load_arrays, make_splits
 from .data.extra import ExtraData, check_extra
 from .distributed import SINGLE, World
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
+from .logmetrics import LiveLog
+from .logprogress import duration, track
 from .models import build_model, first_nonfinite
 from .objectives import OBJECTIVES, Objective
 from .overfitting import catastrophic_overfitting
@@ -68,6 +70,7 @@ class Run:
     # attack and every other extra forward use the unwrapped ``net``: input gradients only, no
     # gradient hooks or buffer broadcasts there)
     loss_net: torch.nn.Module | None = None
+    live: LiveLog | None = None  # TensorBoard / W&B copies of the tables (rank 0; log.*)
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -247,8 +250,9 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
     correct = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, device=run.device)  # first batch with a non-finite loss
     seen = 0
-    batches = tqdm(run.loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-                   disable=True if bar is False else None)
+    # a bar on a terminal, else a line every logprogress.EVERY seconds (rate over all ranks)
+    batches = track(run.loader, nb, f"epoch {epoch + 1}/{cfg.epochs}", bar,
+                    images=lambda b: b[0].shape[0] * run.world.size)
     for i, (x, y, idx) in enumerate(batches):
         lr = run.ctx.lr_at(epoch + (i + 1) / nb)
         for group in opt.param_groups:
@@ -360,6 +364,8 @@ def train(cfg: Config, out: Path, *, resume: bool = False, preset: str = "",
             # summary.json from the start (it records the preset for a resume); on a resume,
             # the tables as of the recovered epoch
             write_outputs(run, preset, finished=run.start_epoch >= cfg.epochs)
+            run.live = LiveLog(out, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                               start_epoch=run.start_epoch, epochs=cfg.epochs, config=cfg.to_dict())
         return train_epochs(run, preset, progress, log)
 
 
@@ -371,6 +377,7 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
     cfg, ckpts = run.cfg, run.out / "checkpoints"
     epochs = tqdm(range(run.start_epoch, cfg.epochs), desc="epochs", initial=run.start_epoch,
                   total=cfg.epochs, disable=True if progress is False else None, dynamic_ncols=True)
+    started = time.perf_counter()
     for epoch in epochs:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
@@ -397,8 +404,14 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
             if best_row(run.history, cfg.eval.select) is row:
                 checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
             write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
+            if run.live is not None:  # after the tables: a failure here loses nothing
+                run.live.epoch(row, run.telemetry[-1])
         run.world.barrier()  # no rank runs ahead of the epoch's checkpoint
-        log(epoch_line(row, cfg.epochs, cfg.eval.attack))
+        # the strategy's state in its own words, and the time left at this session's pace
+        state = run.strategy.summary(run.telemetry[-1], lambda e: eps_text(e, cfg.data.name))
+        pace = (time.perf_counter() - started) / (epoch + 1 - run.start_epoch)
+        eta = f"ETA {duration(pace * (cfg.epochs - epoch - 1))}" if epoch + 1 < cfg.epochs else ""
+        log(epoch_line(row, cfg.epochs, cfg.eval.attack, state, eta))
     return write_outputs(run, preset, finished=True) if run.world.main else {}
 
 

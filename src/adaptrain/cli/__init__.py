@@ -1,4 +1,5 @@
-"""``adaptrain`` command line: train, eval, export, report, calibrate-dra, presets, bench — one module each.
+"""``adaptrain`` command line: train, eval, export, report, calibrate-dra, presets, config,
+bench — one module each.
 
 Each subcommand module owns its parser (``add_parser``) and its work (``run``). Errors a user
 can fix (bad preset, field, flag, value, missing data, unsafe checkpoint, a malformed command
@@ -21,9 +22,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..errors import AdaptrainError, ConfigError, TrainingError  # noqa: E402
 from . import bench, calibrate, export, presets, report, train  # noqa: E402
+from . import config as config_cmd  # noqa: E402
 from . import eval as eval_cmd  # noqa: E402
 
-SUBCOMMANDS = (train, eval_cmd, export, report, calibrate, presets, bench)
+SUBCOMMANDS = (train, eval_cmd, export, report, calibrate, presets, config_cmd, bench)
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,8 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     # key=value overrides may come before or after options such as --out
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) in ("train", "bench") and all("=" in e and not e.startswith("-")
-                                                              for e in extra):
+        takes_overrides = getattr(args, "command", None) in ("train", "config", "bench")
+        if takes_overrides and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             raise ConfigError(f"adaptrain {args.command}", f"unrecognized arguments: {' '.join(extra)} "

@@ -15,8 +15,8 @@ from typing import Any
 from ..errors import ConfigError
 
 # fields a resume may change: the rest would break exact continuation (threads only changes the
-# order of CPU summations, i.e. the last bits)
-RESUMABLE = ("epochs", "threads")
+# order of CPU summations, i.e. the last bits; log only where copies of the tables go)
+RESUMABLE = ("epochs", "threads", "log")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,20 +45,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.preset:
             raise ConfigError("preset", "give a preset name or YAML file (see `adaptrain presets`)")
-        if not args.out:
+        if not args.out and not args.dry_run:
             raise ConfigError("--out", "required: the run directory to write")
         from ..config import build_config
 
         over = list(args.overrides) + ([f"threads={args.threads}"] if args.threads else [])
         cfg = build_config(args.preset, over)
-        out = Path(args.out)
-        check_new(out)
+        out = Path(args.out) if args.out else None
+        if out is not None:
+            check_new(out)
         preset, resume = args.preset, False
     check_init(cfg)
-    if args.dry_run:
+    if args.dry_run:  # no directory is created, no data read
         print(cfg.dump(), end="")
-        print(f"# dry run: the config above is valid; nothing was written to {out}", file=sys.stderr)
+        print("# dry run: the config above is valid; nothing was written"
+              + (f" to {out}" if out else ""), file=sys.stderr)
         return 0
+    assert out is not None
     # under torchrun: join the other ranks only now, after every check that needs no peer
     world = World.from_env(cfg.device)
     apply_threads(resolve_threads(cfg.threads, sharers=world.local_size))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from ..autoload import import_submodules
-from .base import DATASETS, DataArrays, DataSpec
+from .base import DATASETS, DataArrays, DataSpec, data_home
 from .loader import BatchLoader
 from .splits import Splits, make_splits
 
@@ -19,17 +18,18 @@ __all__ = [
     "DataArrays",
     "DataSpec",
     "Splits",
+    "data_home",
     "default_root",
+    "eps_text",
     "load_arrays",
     "make_splits",
 ]
 
 
 def default_root(name: str) -> Path:
-    """``$ADAPTRAIN_DATA/<name>``, or ``~/.cache/adaptrain/data/<name>`` when it is unset."""
-    base = os.environ.get("ADAPTRAIN_DATA")
-    parent = Path(base).expanduser() if base else Path.home() / ".cache" / "adaptrain" / "data"
-    return parent / name
+    """``<data home>/<name>``: see :func:`.base.data_home` ($ADAPTRAIN_DATA, else
+    $XDG_CACHE_HOME/adaptrain/data, else ~/.cache/adaptrain/data)."""
+    return data_home() / name
 
 
 def load_arrays(
@@ -43,3 +43,10 @@ def load_arrays(
     entry = DATASETS.get(name)
     path = default_root(name) if root is None or str(root) == "" else Path(root).expanduser()
     return entry.builder(root=path, download=download, **fields)
+
+
+def eps_text(eps: float, name: str) -> str:
+    """A budget in [0, 1] units as the data set ``name`` writes it (its registered
+    ``eps_denominator``): ``8/255`` for 8-bit images, ``0.1`` for digits; unknown names /255."""
+    den = DATASETS.get(name).traits.eps_denominator if name in DATASETS else 255
+    return f"{eps * den:.4g}/{den}" if den else f"{eps:.4g}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,3 +40,14 @@ class DataArrays:
 # It raises DataError with a one-line, actionable message when the files are missing.
 DatasetLoader = Callable[[Path, bool], DataArrays]
 DATASETS: Registry[DataArrays] = Registry("data", injected=("root", "download"))
+
+
+def data_home() -> Path:
+    """Where data and decoded caches live unless ``data.root`` says otherwise:
+    ``$ADAPTRAIN_DATA``, else ``$XDG_CACHE_HOME/adaptrain/data``, else
+    ``~/.cache/adaptrain/data``."""
+    base = os.environ.get("ADAPTRAIN_DATA")
+    if base:
+        return Path(base).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "adaptrain" / "data"

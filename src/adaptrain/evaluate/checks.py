@@ -12,6 +12,11 @@ from typing import Any
 Check = dict[str, Any]
 
 
+def points(fraction: float) -> str:
+    """An accuracy difference (a fraction of all examples) in percentage points: 1.11 points."""
+    return f"{100 * fraction:.2f} points"
+
+
 def _check(name: str, ok: bool | None, detail: str) -> Check:
     return {"name": name, "ok": ok, "detail": detail}
 
@@ -45,9 +50,9 @@ def pgd_aa_gap(gap: float | None, pgd_name: str | None, threshold: float) -> Che
     if gap is None:
         return _check("PGD vs AutoAttack gap", None, "needs a PGD-type attack run before AutoAttack")
     ok = gap <= threshold
-    detail = (f"AutoAttack broke a further {gap:.4f} of all examples (accuracy points / 100) "
+    detail = (f"AutoAttack took a further {points(gap)} of accuracy from the examples "
               f"that survived {pgd_name}"
-              + ("" if ok else f" (> {threshold:g}): a gap this large suggests gradient masking; "
+              + ("" if ok else f" (> {points(threshold)}): a gap this large suggests gradient masking; "
                  "do not trust the PGD number"))
     return _check("PGD vs AutoAttack gap", ok, detail)
 
@@ -58,8 +63,9 @@ def square_vs_whitebox(square_gain: float | None, alpha: float = 0.002) -> Check
                       "Square did not run after white-box attacks")
     ok = square_gain <= alpha
     return _check("Square (black-box) not stronger than white-box", ok,
-                  f"Square broke {square_gain:.4f} of the examples the white-box attacks left"
-                  + ("" if ok else f" (> {alpha}): gradients are unreliable (gradient masking)"))
+                  f"Square took a further {points(square_gain)} of accuracy from what the "
+                  "white-box attacks left"
+                  + ("" if ok else f" (> {points(alpha)}): gradients are unreliable (gradient masking)"))
 
 
 def zero_gradients(frac: float | None) -> Check:

@@ -17,9 +17,14 @@ def _pct(v: float | None) -> str:
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    lines = [f"Evaluation of `{doc['provenance'].get('target', '')}` "
-             f"({doc['provenance'].get('checkpoint', '')}): n = {doc['n_examples']}, "
-             f"{doc['norm']} eps = {doc['eps'] * 255:.4g}/255, step {doc['step_size'] * 255:.4g}/255, "
+    from ..data import eps_text
+
+    prov = doc["provenance"]
+    data = str(prov.get("data", ""))  # budgets in the data set's own units (8/255; digits 0.1)
+    lines = [f"Evaluation of `{prov.get('target', '')}` "
+             f"({prov.get('checkpoint', '')}): n = {doc['n_examples']}, "
+             f"{doc['norm']} eps = {eps_text(doc['eps'], data)}, "
+             f"step {eps_text(doc['step_size'], data)}, "
              f"mode {doc['mode']}"
              + (" (accuracy after each attack, cumulative)" if doc["mode"] == "cascade" else ""),
              "", "| attack | accuracy (%) |", "|---|---|"]

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..attacks import engine, make_loss
 from ..distributed import SINGLE, World
 from ..errors import ConfigError
+from ..logprogress import progress
 from . import aa as aa_mod
 from . import checks as checks_mod
 from . import shard
@@ -160,8 +160,7 @@ class Evaluator:
         todo = (on & ~self.state.done_mask(name)).nonzero().squeeze(1)
         w = self.world
         parts = shard.chunks(todo, self.s.batch_size, w.size, keyed)
-        bar = tqdm(total=int(todo.numel()), desc=name, leave=False, dynamic_ncols=True,
-                   disable=True if self.progress is False else None)
+        bar = progress(int(todo.numel()), name, self.progress)  # a bar, or lines in a log
         try:
             for first in range(0, len(parts), w.size):
                 step = parts[first:first + w.size]

@@ -15,6 +15,8 @@ the DRA attack's budget convention (``attack.budget``; default per coordinate, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..attacks.plan import AttackPlan
 from ..component import MAX_EPOCHS, require, require_in
 from ..context import Batch, RunContext
@@ -59,3 +61,7 @@ class DRASchedule(Strategy):
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {"mean_eps": self.eps_at(epoch), "clean_only": float(self.clean(epoch))}
+
+    def summary(self, telemetry: dict[str, float], eps_text: Callable[[float], str]) -> str:
+        """The epoch's budget, or that the epoch trained on clean images only."""
+        return "clean" if telemetry["clean_only"] else f"eps {eps_text(telemetry['mean_eps'])}"

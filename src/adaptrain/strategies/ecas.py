@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,7 @@ from ..context import Batch, RunContext, Stream
 from ..errors import CheckpointError, ConfigError
 from ..registry import PathOf
 from ..threat import Rows, ShardDraws, draw
-from .base import STRATEGIES, Strategy
+from .base import STRATEGIES, Strategy, pct
 from .budget_schedules import budget_list, scheduled_budget
 
 # (h_high, h_low) in nats from the authors' code, per data set name
@@ -254,3 +255,10 @@ class ECAS(Strategy):
             out["mean_entropy"] = float(self._h_sum) / n
             out["h_high"], out["h_low"] = self.h_high, self.h_low
         return out
+
+    def summary(self, telemetry: dict[str, float], eps_text: Callable[[float], str]) -> str:
+        """Mean budget and the shares moved above / below the scheduled one."""
+        if "mean_eps" not in telemetry:
+            return ""
+        return (f"eps {eps_text(telemetry['mean_eps'] * self.eps_unit)} "
+                f"up {pct(telemetry['frac_up'])} down {pct(telemetry['frac_down'])}")

@@ -13,12 +13,14 @@ The authors' tau schedules, random starts and decisions: docs/baselines.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..attacks.plan import AttackPlan
 from ..component import MAX_EPOCHS, MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
-from .base import STRATEGIES, Strategy
+from .base import STRATEGIES, Strategy, pct
 
 
 @STRATEGIES.register("fat", budgets=("eps", "step_size"))
@@ -73,3 +75,8 @@ class FAT(Strategy):
         steps_sum, early, seen = sums.tolist()
         n = max(seen, 1)
         return {"tau": float(self.tau), "mean_steps": steps_sum / n, "frac_early_stop": early / n}
+
+    def summary(self, telemetry: dict[str, float], eps_text: Callable[[float], str]) -> str:
+        """tau, mean steps used and the share stopped early."""
+        return (f"tau {self.tau} steps {telemetry['mean_steps']:.1f} "
+                f"early {pct(telemetry['frac_early_stop'])}")

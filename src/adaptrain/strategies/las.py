@@ -22,6 +22,7 @@ Cost, the look-ahead without a model copy, and decisions: docs/las.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -435,3 +436,10 @@ class LAS(Strategy):
         out["baseline"] = float(self.baseline) if self.baseline_ready else math.nan
         out["entropy"] = float(self._entropy_sum) / self._seen if self._seen else math.nan
         return out
+
+    def summary(self, telemetry: dict[str, float], eps_text: Callable[[float], str]) -> str:
+        """Mean sampled budget and attack iterations."""
+        eps, iters = telemetry.get("mean_eps", math.nan), telemetry.get("mean_iters", math.nan)
+        if math.isnan(eps):
+            return ""
+        return f"eps {eps_text(eps * self.unit)} iters {iters:.1f}"

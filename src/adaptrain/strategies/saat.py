@@ -22,6 +22,7 @@ the final adversarial loss, ``frac_below_rho`` (samples that never reached rho) 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from ..attacks.plan import AttackPlan
 from ..component import MAX_STEPS, require, require_in
 from ..context import Batch, Feedback, RunContext
 from ..registry import InfFloat, Traits
-from .base import STRATEGIES, Strategy
+from .base import STRATEGIES, Strategy, pct
 
 QUANTILES = (0.1, 0.5, 0.9)
 # adaptrain eval's default curve for SAAT runs: the paper's robustness disparity (RD) budgets
@@ -124,3 +125,10 @@ class SAAT(Strategy):
             out[f"loss_q{round(100 * p)}"] = v
         out["frac_below_rho"], out["mean_steps"] = summary[-2], summary[-1]
         return out
+
+    def summary(self, telemetry: dict[str, float], eps_text: Callable[[float], str]) -> str:
+        """Mean searched budget, share that never reached rho, mean attack steps."""
+        if "mean_eps" not in telemetry:
+            return ""
+        return (f"eps {eps_text(telemetry['mean_eps'] / 255)} below rho "
+                f"{pct(telemetry['frac_below_rho'])} steps {telemetry['mean_steps']:.1f}")
