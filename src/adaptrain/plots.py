@@ -181,7 +181,7 @@ def learning_curves(runs: list[RunInfo]) -> Figure | None:
         key = "clean_acc" if r.eval_info.get("select") == "clean" else "robust_acc"
         if best.get("epoch") is not None and best.get(key) is not None:
             ax_acc.plot([best["epoch"]], [best[key]], ls="none", marker="*", ms=13, color=color,
-                        mec="black", mew=0.8, zorder=5)
+                        mec="black", mew=0.8, zorder=5, clip_on=False)  # whole at accuracy 1.0
         name = r.name if shared else f"{r.name} ({eval_setting(r)})"
         if best.get("epoch") is not None:
             name += f", best epoch {best['epoch']}"
@@ -209,8 +209,9 @@ def learning_curves(runs: list[RunInfo]) -> Figure | None:
     floored_ylim(ax_loss, losses, LOSS_FLOOR, 0.0)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8,
-               frameon=False)
+    # one row when it fits (legends fill column by column, so a grid would mix runs and styles)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
+               ncol=len(handles) if len(handles) <= 6 else 3)
     return fig
 
 

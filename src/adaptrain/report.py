@@ -105,7 +105,8 @@ def _pct(v: Any) -> str:
 
 
 def table(runs: list[RunInfo]) -> str:
-    cols = [c for c in _columns(runs) if "/" not in c]  # AutoAttack's sub-attacks stay in eval/*.md
+    # AutoAttack's sub-attacks stay in eval/*.md; without any eval, the per-epoch clean accuracy
+    cols = [c for c in _columns(runs) if "/" not in c] or ["clean"]
     head = ["run", "checkpoint", "epoch", *cols, "worst case", "RD", "corruptions (mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
