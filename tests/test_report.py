@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from adaptrain.cli import main
-from adaptrain.report import RunInfo, table, telemetry_panels
+from adaptrain.plots import telemetry
+from adaptrain.report import RunInfo, table
 
 
 def fake_run(path: Path, clean: float, robust: float, telemetry: bool = False,
@@ -28,7 +29,7 @@ def fake_run(path: Path, clean: float, robust: float, telemetry: bool = False,
             w = csv.writer(fh)
             w.writerow(["epoch", "eps_share_3", "eps_share_8", "eps_share_12", "frac_up"])
             for e in (1, 2, 3):
-                w.writerow([e, 0.5, 0.25, 0.25, 0.1 * e])
+                w.writerow([e, 0.5, 0.2 + 0.05 * e, 0.3 - 0.05 * e, 0.1 * e])
     if evaluated:
         (path / "eval").mkdir()
         (path / "eval" / "best.json").write_text(json.dumps({
@@ -51,11 +52,11 @@ def test_table_lists_each_checkpoint_and_attack(tmp_path):
 
 def test_telemetry_panels_group_share_columns_into_distributions(tmp_path):
     r = RunInfo(fake_run(tmp_path / "a", 0.8, 0.45, telemetry=True))
-    panels = {title: (kind, data) for kind, title, _, data in telemetry_panels(r)}
-    kind, data = panels["eps distribution"]
-    assert kind == "dist" and set(data) == {"3", "8", "12"} and data["3"] == [0.5, 0.5, 0.5]
-    assert panels["strategy: frac_up"][0] == "line"
-    assert panels["objective: kl_mean"][1] == [0.5, 1.0, 1.5]
+    panels = {p.column: p for p in telemetry(r).panels}
+    dist = panels["eps_share"]
+    assert dist.kind == "dist" and set(dist.data) == {"3", "8", "12"} and dist.data["3"] == [0.5, 0.5, 0.5]
+    assert panels["frac_up"].kind == "line"
+    assert panels["kl_mean"].data == [0.5, 1.0, 1.5]
 
 
 def test_report_command_writes_tables_plots_and_the_fine_tuning_change(tmp_path, capsys):

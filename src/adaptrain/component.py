@@ -3,7 +3,7 @@ helpers and bounds that every config check uses (one ``require``, one set of cap
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -47,11 +47,27 @@ def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:.6g}"
 
 
+class Series(NamedTuple):
+    """How ``adaptrain report`` shows one telemetry column: a human ``label`` (``{field}`` in it
+    stands for the unit of the component's config field ``field``: ``{eps_unit}`` reads "/255"
+    when eps_unit is 1/255) and ``floor``, the narrowest y-range of its panel in the column's
+    own units (0: a tenth of its largest value), so that a nearly flat quantity's noise is not
+    drawn as a trend."""
+
+    label: str
+    floor: float = 0.0
+
+
 class Component:
     """State lives in attributes listed in ``state_keys`` (tensors, numbers, dicts, generators,
-    modules, optimisers); ``state_dict`` / ``load_state_dict`` round-trip them for checkpoints."""
+    modules, optimisers); ``state_dict`` / ``load_state_dict`` round-trip them for checkpoints.
+
+    ``telemetry`` declares, next to :meth:`end_epoch`, how each of its columns is shown: keys
+    are column names, and ``<q>_share`` for a group of ``<q>_share_<value>`` columns (a
+    distribution over the values of q)."""
 
     state_keys: tuple[str, ...] = ()
+    telemetry: ClassVar[dict[str, Series]] = {}
 
     def start_epoch(self, epoch: int) -> None:
         """Called before the first batch of ``epoch`` (0-based)."""

@@ -12,21 +12,21 @@ strategy.csv, eval/best.json, eval/last.json) and writes into ``--out`` (default
 * ``telemetry_<run>.png``: strategy (and objective) telemetry per epoch — columns named
   ``<quantity>_share_<value>`` as stacked areas (e.g. the share of samples at each budget,
   ECAS's Figure 2, LAS-AT's Figure 4), every other column as a line.
+
+Rows without ``adaptrain eval`` output show the per-epoch numbers labelled with the split they
+came from, as the run's config says: ``val`` (held-out training images) or ``test``
+(``data.val_size: 0``). The figures and their conventions: :mod:`adaptrain.plots`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from . import plots
 from .errors import ConfigError
-
-STANDARD_METRICS = {"epoch", "lr", "train_loss", "train_acc", "train_time_s", "eval_time_s",
-                    "clean_acc", "robust_acc"}
-_SHARE = re.compile(r"^(?P<q>.+)_share_(?P<v>[-+0-9.eE]+)$")
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -60,16 +60,33 @@ class RunInfo:
             if f.is_file():
                 self.evals[which] = json.loads(f.read_text())
         self.init_from = None
+        self.config: dict[str, Any] = {}
         cfg = path / "config.yaml"
         if cfg.is_file():
             import yaml
 
-            init = (yaml.safe_load(cfg.read_text()) or {}).get("init_from")
+            self.config = yaml.safe_load(cfg.read_text()) or {}
+            init = self.config.get("init_from")
             if init:
                 p = Path(init)
                 while p != p.parent and not (p / "summary.json").is_file():
                     p = p.parent
                 self.init_from = p if (p / "summary.json").is_file() else None
+        # the per-epoch evaluation: summary.json's record, else the config's eval section
+        conf_eval = self.config.get("eval") or {}
+        self.eval_info: dict[str, Any] = {
+            "attack": conf_eval.get("attack", "pgd-10"), "eps": conf_eval.get("eps", 8 / 255),
+            "norm": (self.config.get("attack") or {}).get("norm", "linf"),
+            "select": conf_eval.get("select", "robust"), "n": conf_eval.get("n"),
+            **(self.summary.get("eval") or {})}
+
+    @property
+    def split(self) -> str:
+        """"val" or "test": where the per-epoch numbers (and the best checkpoint) come from."""
+        if self.eval_info.get("split") in ("val", "test"):
+            return str(self.eval_info["split"])
+        val_size = (self.config.get("data") or {}).get("val_size")
+        return "val" if val_size is None or val_size > 0 else "test"
 
 
 def _columns(runs: list[RunInfo]) -> list[str]:
@@ -88,7 +105,8 @@ def _pct(v: Any) -> str:
 
 
 def table(runs: list[RunInfo]) -> str:
-    cols = [c for c in _columns(runs) if "/" not in c]  # AutoAttack's sub-attacks stay in eval/*.md
+    # AutoAttack's sub-attacks stay in eval/*.md; without any eval, the per-epoch clean accuracy
+    cols = [c for c in _columns(runs) if "/" not in c] or ["clean"]
     head = ["run", "checkpoint", "epoch", *cols, "worst case", "RD", "corruptions (mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
@@ -99,7 +117,7 @@ def table(runs: list[RunInfo]) -> str:
                 cells = [_pct(s.get("clean_acc")) if c == "clean" else "-" for c in cols]
                 worst = _pct(s.get("robust_acc"))
                 extra = ["-", "-"]
-                label = f"{which} (val, {r.summary.get('eval', {}).get('attack', '')})"
+                label = f"{which} ({r.split}, {r.eval_info.get('attack', '')})"
             else:
                 cells = [_pct(ev["accuracy"].get(c)) for c in cols]
                 worst = _pct(ev.get("worst_case"))
@@ -140,37 +158,9 @@ def init_comparison(runs: list[RunInfo]) -> str:
                       "|---|---|---|---|---|---|", *out])
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_learning_curves(runs: list[RunInfo], path: Path) -> Path | None:
-    if not any(r.metrics for r in runs):
-        return None
-    plt = _plt()
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for i, r in enumerate(runs):
-        color = f"C{i % 10}"
-        rows = [m for m in r.metrics if "clean_acc" in m]
-        ep = [m["epoch"] for m in rows]
-        ax_acc.plot(ep, [m["robust_acc"] for m in rows], color=color, label=f"{r.name} robust")
-        ax_acc.plot(ep, [m["clean_acc"] for m in rows], color=color, ls="--", label=f"{r.name} clean")
-        ax_loss.plot([m["epoch"] for m in r.metrics], [m["train_loss"] for m in r.metrics],
-                     color=color, label=r.name)
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1))
-    ax_loss.set(xlabel="epoch", ylabel="training loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig = plots.learning_curves(runs)
+    return None if fig is None else plots.save(fig, path)
 
 
 def plot_eps_curves(runs: list[RunInfo], path: Path) -> Path | None:
@@ -180,64 +170,18 @@ def plot_eps_curves(runs: list[RunInfo], path: Path) -> Path | None:
     return plot_curves(curves, path, "accuracy vs eps") if curves else None
 
 
-def telemetry_panels(r: RunInfo) -> list[tuple[str, str, list[float], Any]]:
-    """Panels (kind, title, epochs, data): 'dist' data is {value: shares}, 'line' a list."""
-    panels: list[tuple[str, str, list[float], Any]] = []
-    for source, rows, skip in (("strategy", r.telemetry, {"epoch"}),
-                               ("objective", r.metrics, STANDARD_METRICS)):
-        rows = [m for m in rows if set(m) - skip]
-        if not rows:
-            continue
-        epochs = [m["epoch"] for m in rows]
-        dists: dict[str, dict[str, list[float]]] = {}
-        for col in sorted({k for m in rows for k in m} - skip):
-            values = [m.get(col, float("nan")) for m in rows]
-            share = _SHARE.match(col)
-            if share:
-                dists.setdefault(share.group("q"), {})[share.group("v")] = values
-            else:
-                panels.append(("line", f"{source}: {col}", epochs, values))
-        panels[:0] = [("dist", f"{q} distribution", epochs, d) for q, d in dists.items()]
-    return panels
-
-
 def plot_telemetry(r: RunInfo, path: Path, max_panels: int = 12) -> Path | None:
-    panels = telemetry_panels(r)[:max_panels]
-    if not panels:
-        return None
-    plt = _plt()
-    cols = min(3, len(panels))
-    rows_n = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.0 * rows_n), squeeze=False)
-    for ax, (kind, title, epochs, data) in zip(axes.flat, panels, strict=False):
-        if kind == "dist":
-            keys = sorted(data, key=float)
-            # ordered options in a sequential colour map: a drift to larger values reads as a
-            # shift from dark to light (a cyclic palette would repeat colours beyond 10 options)
-            colors = plt.cm.viridis([i / max(len(keys) - 1, 1) for i in range(len(keys))])
-            ax.stackplot(epochs, [data[k] for k in keys], labels=keys, colors=colors)
-            ax.set(ylim=(0, 1), ylabel="share of samples")
-            ax.legend(fontsize=6, ncol=2, loc="upper right")
-        else:
-            ax.plot(epochs, data, marker=".")
-            ax.grid(alpha=0.3)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(f"{r.name}: per-epoch telemetry")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig = plots.telemetry_figure(r, max_panels)
+    return None if fig is None else plots.save(fig, path, dpi=110)
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:
     runs = [RunInfo(Path(p)) for p in run_dirs]
     out.mkdir(parents=True, exist_ok=True)
     parts = ["# adaptrain report", "", "Accuracies in %. Runs without `adaptrain eval` output show "
-             "their per-epoch validation numbers (clean, and the training's selection attack in the "
-             "worst-case column).", "", table(runs), ""]
+             "their per-epoch numbers (clean, and the training's selection attack in the "
+             "worst-case column) on the split the run selected on: val (held-out training "
+             "images) or test (the run has no held-out split).", "", table(runs), ""]
     cmp = init_comparison(runs)
     if cmp:
         parts += [cmp, ""]

@@ -32,7 +32,7 @@ from ..attacks.inverse import (
     universal_inverse,
 )
 from ..attacks.plan import AttackPlan
-from ..component import MAX_EPOCHS, MAX_STEPS, MAX_WEIGHT, require, require_in
+from ..component import MAX_EPOCHS, MAX_STEPS, MAX_WEIGHT, Series, require, require_in
 from ..context import Batch, Cached, CacheKey, RunContext, Stream
 from .base import OBJECTIVES, Objective
 
@@ -62,6 +62,19 @@ class UIAT(Objective):
 
     attack_loss = "ce"
     CACHE_KEY = CacheKey(Cached.UIAT_TARGETS)
+    # how adaptrain report shows end_epoch's columns (KL and CE in nats; z in [0, 1] units)
+    telemetry = {
+        "uiat_kl": Series("KL(target || f(x_adv)) (nats)", floor=0.1),
+        "uiat_target_p_true": Series("target's probability of the true class", floor=0.05),
+        "uiat_frac_batches_inverse": Series("share of batches with inverse targets", floor=0.05),
+        "uiat_ce_inv": Series("CE on inverse adversaries (nats)", floor=0.1),
+        "uiat_acc_inv": Series("accuracy on inverse adversaries", floor=0.05),
+        "uiat_ce_clean": Series("CE on clean images (nats)", floor=0.1),
+        "uiat_acc_clean": Series("accuracy on clean images", floor=0.05),
+        "uiat_z_linf_mean": Series("class perturbation ‖z_c‖∞, mean over classes"),
+        "uiat_z_linf_max": Series("class perturbation ‖z_c‖∞, largest"),
+        "uiat_z_frac_at_eps": Series("share of z's values at the bound eps_inv", floor=0.05),
+    }
 
     def __init__(self, ctx: RunContext, inverse: Literal["instance", "universal"] = "universal",
                  lam: float | None = None, beta: float = 1.0, eps_inv: float = 4 / 255,

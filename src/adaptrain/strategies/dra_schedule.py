@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..attacks.plan import AttackPlan
-from ..component import MAX_EPOCHS, require, require_in
+from ..component import MAX_EPOCHS, Series, require, require_in
 from ..context import Batch, RunContext
 from .base import STRATEGIES, Strategy
 
@@ -26,6 +26,12 @@ from .base import STRATEGIES, Strategy
 @STRATEGIES.register("dra_schedule", budgets=("eps_start", "eps_end"))
 class DRASchedule(Strategy):
     """DRA fine-tuning: eps linear eps_start -> eps_end over decay_epochs, then a clean-only tail."""
+
+    # how adaptrain report shows end_epoch's columns (eps in the attack's own units)
+    telemetry = {
+        "mean_eps": Series("DRA budget ε of the epoch"),
+        "clean_only": Series("clean-only epoch (1) or clean + DRA (0)", floor=1.0),
+    }
 
     def __init__(self, ctx: RunContext, eps_start: float = 2 / 255, eps_end: float = 0.5 / 255,
                  decay_epochs: int = 50, clean_epochs: int = 10) -> None:

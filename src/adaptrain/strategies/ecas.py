@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import checkpoint
 from ..attacks.engine import frozen_model
 from ..attacks.plan import AttackPlan
-from ..component import MAX_MULTIPLE, MAX_STEPS, require, require_in
+from ..component import MAX_MULTIPLE, MAX_STEPS, Series, require, require_in
 from ..context import Batch, RunContext, Stream
 from ..errors import CheckpointError, ConfigError
 from ..registry import PathOf
@@ -66,6 +66,19 @@ class ECAS(Strategy):
     """ECAS (Kuurila-Zhang et al. 2023): cyclic per-epoch budgets + entropy-guided per-sample budgets."""
 
     state_keys = ("generator", "batch_count", "h_high", "h_low", "calibrated")
+    # how adaptrain report shows end_epoch's columns (budgets in eps_unit, entropies in nats)
+    telemetry = {
+        "eps_share": Series("share of samples per budget ε ({eps_unit})"),
+        "eps_epoch": Series("scheduled budget ε of the epoch ({eps_unit})", floor=1.0),
+        "mean_eps": Series("mean budget ε ({eps_unit})", floor=1.0),
+        "frac_up": Series("share of samples raised above the schedule", floor=0.05),
+        "frac_down": Series("share of samples lowered below the schedule", floor=0.05),
+        "frac_low_entropy": Series("share with entropy < h_low (raised)", floor=0.05),
+        "frac_high_entropy": Series("share with entropy > h_high (lowered)", floor=0.05),
+        "mean_entropy": Series("mean clean entropy (nats)", floor=0.2),
+        "h_high": Series("upper entropy threshold h_high (nats)", floor=0.2),
+        "h_low": Series("lower entropy threshold h_low (nats)", floor=0.2),
+    }
 
     def __init__(
         self,

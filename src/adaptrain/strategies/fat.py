@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from ..attacks.plan import AttackPlan
-from ..component import MAX_EPOCHS, MAX_STEPS, require, require_in
+from ..component import MAX_EPOCHS, MAX_STEPS, Series, require, require_in
 from ..context import Batch, Feedback, RunContext
 from .base import STRATEGIES, Strategy, pct
 
@@ -26,6 +26,13 @@ from .base import STRATEGIES, Strategy, pct
 @STRATEGIES.register("fat", budgets=("eps", "step_size"))
 class FAT(Strategy):
     """FAT: PGD-K that stops each sample tau steps after its first misclassification; tau by epoch."""
+
+    # how adaptrain report shows end_epoch's columns
+    telemetry = {
+        "tau": Series("tau (steps after the first misclassification)", floor=1.0),
+        "mean_steps": Series("mean attack steps per sample", floor=1.0),
+        "frac_early_stop": Series("share of samples stopped early", floor=0.05),
+    }
 
     def __init__(self, ctx: RunContext, eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 10, tau: list[int] = [0, 1, 2],  # noqa: B006 - copied below

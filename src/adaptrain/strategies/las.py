@@ -34,7 +34,7 @@ from torch.func import functional_call
 from ..attacks.engine import frozen_model
 from ..attacks.pgd import pgd
 from ..attacks.plan import AttackPlan
-from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, require, require_in
+from ..component import MAX_BATCH, MAX_LR, MAX_RESTARTS, MAX_STEPS, MAX_WEIGHT, Series, require, require_in
 from ..context import Batch, Feedback, RunContext, Stream
 from ..errors import ConfigError
 from ..models import MODELS
@@ -180,6 +180,21 @@ class LAS(Strategy):
 
     state_keys = ("policy", "optimizer", "generator", "attack_generator", "baseline",
                   "baseline_ready", "t")
+    # how adaptrain report shows end_epoch's columns (options in ``unit``, rewards in nats)
+    telemetry = {
+        "eps_share": Series("share of samples per chosen budget ε ({unit})"),
+        "step_share": Series("share of samples per chosen step size ({unit})"),
+        "iters_share": Series("share of samples per chosen number of iterations"),
+        "beta_share": Series("share of samples per chosen TRADES beta"),
+        "mean_eps": Series("mean chosen budget ε ({unit})", floor=1.0),
+        "mean_iters": Series("mean chosen iterations", floor=1.0),
+        "reward": Series("policy reward R (mean)", floor=0.2),
+        "reward_l1": Series("reward term L1: target loss on x_adv", floor=0.2),
+        "reward_l2": Series("reward term L2: -CE of the look-ahead model under PGD", floor=0.2),
+        "reward_l3": Series("reward term L3: -CE of the look-ahead model, clean", floor=0.2),
+        "baseline": Series("reward baseline (moving average)", floor=0.2),
+        "entropy": Series("policy entropy (nats, summed over heads)", floor=0.2),
+    }
 
     @staticmethod
     def _check(f: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..attacks.plan import AttackPlan
-from ..component import MAX_STEPS, require, require_in
+from ..component import MAX_STEPS, Series, require, require_in
 from ..context import Batch, Feedback, RunContext
 from ..registry import InfFloat, Traits
 from .base import STRATEGIES, Strategy, pct
@@ -61,6 +61,17 @@ class SAAT(Strategy):
     """Strength-adaptive AT: per-sample budgets searched by SA-PGD until loss >= rho."""
 
     state_keys = ("eps_last", "loss_last", "steps_last", "reached_last", "seen")
+    # how adaptrain report shows end_epoch's columns (budgets in 1/255, losses in nats)
+    telemetry = {
+        "eps_share": Series("share of samples per final budget ε (/255)"),
+        "mean_eps": Series("mean final budget ε (/255)", floor=1.0),
+        "loss_mean": Series("mean adversarial loss (nats)", floor=0.2),
+        "loss_q10": Series("adversarial loss, 10th percentile (nats)", floor=0.2),
+        "loss_q50": Series("adversarial loss, median (nats)", floor=0.2),
+        "loss_q90": Series("adversarial loss, 90th percentile (nats)", floor=0.2),
+        "frac_below_rho": Series("share of samples ending below rho", floor=0.05),
+        "mean_steps": Series("mean attack steps per sample", floor=1.0),
+    }
 
     def __init__(self, ctx: RunContext, rho: InfFloat = 1.5, eps_max: float = 8 / 255,
                  step_size: float = 2 / 255, steps: int = 3) -> None:
