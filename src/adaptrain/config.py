@@ -31,6 +31,7 @@ from .component import (
     require,
     require_in,
 )
+from .ema import BUFFER_MODES
 from .errors import ConfigError
 from .registry import PathOf, coerce
 from .schedules import SCHEDULES, first_decay_epoch, make_schedule
@@ -78,6 +79,13 @@ class AWPConfig:
 
 
 @dataclass
+class EMAConfig:
+    decay: float = 0.0  # exponential moving average of the weights; > 0 switches it on (0.995 typical)
+    warmup: int = 0  # epochs during which the average copies the weights (then the decay ramps up)
+    buffers: str = "copy"  # BatchNorm statistics of the average: copy (the model's) | average
+
+
+@dataclass
 class EvalConfig:
     n: int = 1000  # validation examples evaluated after each epoch
     attack: str = "pgd-10"  # clean, pgd-K, pgd-K-R, cw-K, fgsm, apgd-ce, ... (adaptrain.evaluate.specs)
@@ -111,6 +119,7 @@ class Config:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})
     regularizer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     awp: AWPConfig = field(default_factory=AWPConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,6 +273,7 @@ def validate(cfg: Config) -> None:
     _validate_data(cfg)
     _validate_optim(cfg)
     _validate_awp_and_eval(cfg)
+    _validate_ema(cfg)
     _validate_components(cfg)
 
 
@@ -330,6 +340,15 @@ def _validate_awp_and_eval(cfg: Config) -> None:
     spec = parse_spec(e.attack, "eval.attack")
     require_in(spec.steps, "eval.attack", 0, MAX_STEPS, why="attack steps")
     require_in(spec.restarts, "eval.attack", 1, MAX_RESTARTS, why="restarts")
+
+
+def _validate_ema(cfg: Config) -> None:
+    m = cfg.ema
+    require_in(m.decay, "ema.decay", 0, 1, high_open=True,
+               why="1 would never move the average; 0.995 .. 0.999 is typical, 0 turns EMA off")
+    require_in(m.warmup, "ema.warmup", 0, MAX_EPOCHS)
+    require(m.buffers in BUFFER_MODES, "ema.buffers",
+            f"{m.buffers!r}; allowed: {', '.join(BUFFER_MODES)}")
 
 
 def _validate_components(cfg: Config) -> None:

@@ -38,7 +38,7 @@ from .. import checkpoint, fileio
 from ..config import Config
 from ..distributed import World
 from ..errors import ConfigError
-from ..runs import config_for, examples, load_weights_into_model, parse_device
+from ..runs import config_for, examples, load_weights_into_model, parse_device, pick_weights
 from .args import budget, choice, integer, items
 
 # Bounds on the integer flags (documented in --help): beyond them a value is a typo.
@@ -144,6 +144,8 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
                                  ("--checkpoint", args.checkpoint, CHECKPOINTS),
                                  ("--split", args.split, SPLITS)):
         choice(value, flag, allowed)
+    if args.weights is not None:
+        choice(args.weights, "--weights", checkpoint.WEIGHTS)
     norm = _norm(args, cfg)
     cfg = cfg or Config()
     eps = budget(args.eps if args.eps is not None else cfg.eval.eps, "--eps", norm)
@@ -165,8 +167,9 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
                         corruption_table=args.corruption_table, bf16=args.bf16)
 
 
-def destination(args: argparse.Namespace, run_dir: Path | None) -> Path:
-    """The result file: --out, else RUN/eval/<checkpoint>.json, else next to the checkpoint."""
+def destination(args: argparse.Namespace, run_dir: Path | None, tag: str = "") -> Path:
+    """The result file: --out, else RUN/eval/<checkpoint><tag>.json, else next to the
+    checkpoint (``tag`` "-raw" keeps a run's raw weights apart from its default, the EMA)."""
     if args.out is not None:
         if not str(args.out).strip():
             raise ConfigError("--out", "empty; give the JSON file to write, e.g. eval.json")
@@ -175,7 +178,7 @@ def destination(args: argparse.Namespace, run_dir: Path | None) -> Path:
             raise ConfigError("--out", f"must name a .json file (the markdown and the resumable "
                               f"state go next to it), got {args.out!r}")
     elif run_dir is not None:
-        dest = run_dir / "eval" / f"{args.checkpoint}.json"
+        dest = run_dir / "eval" / f"{args.checkpoint}{tag}.json"
     else:
         dest = Path(str(args.target).rstrip("/") + ".eval.json")
     if dest.is_dir():
@@ -259,8 +262,11 @@ def _run(args: argparse.Namespace, world: World) -> int:
     device = parse_device(world.device(str(args.device)))
     if world.many and device.type == "cpu":
         _share_cores(world)
-    weights = checkpoint.resolve(Path(args.target), args.checkpoint)
-    dest = destination(args, run_dir)
+    weights, which = weights_of(args)
+    # a run's default is its moving average; its raw weights get a result file of their own, so
+    # that neither evaluation resumes from the other's state
+    raw_of_ema = which == "raw" and weights.with_name(checkpoint.EMA_FILE).is_file()
+    dest = destination(args, run_dir, "-raw" if raw_of_ema else "")
     check_writable(dest)
     model, arrays = load_weights_into_model(cfg, weights, device)
     x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N),
@@ -276,12 +282,26 @@ def _run(args: argparse.Namespace, world: World) -> int:
             if failed is not None:
                 raise failed
             return 2  # rank 0 says why
-        return _evaluate_into(args, cfg, settings, model, x, y, dest, world)
+        return _evaluate_into(args, cfg, settings, model, x, y, dest, world, which)
+
+
+def weights_of(args: argparse.Namespace) -> tuple[Path, str]:
+    """The weights file to evaluate and which it is (ema | raw): a run's or checkpoint
+    directory's moving average when it has one, unless --weights raw."""
+    target = checkpoint.resolve(Path(args.target), args.checkpoint)
+    if target.is_dir():
+        return pick_weights(target, args.weights)
+    if args.weights is not None:
+        raise ConfigError("--weights", f"{args.target} is a weights file; --weights ema|raw "
+                          "chooses within a run or checkpoint directory")
+    return target, "ema" if target.name == checkpoint.EMA_FILE else "raw"
 
 
 def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
-                   x: torch.Tensor, y: torch.Tensor, dest: Path, world: World) -> int:
-    """The evaluation proper, under the destination's lock; resumable from the state file."""
+                   x: torch.Tensor, y: torch.Tensor, dest: Path, world: World,
+                   weights: str) -> int:
+    """The evaluation proper, under the destination's lock; resumable from the state file.
+    ``weights``: which of the checkpoint's weights ``model`` holds (ema | raw), recorded."""
     from ..evaluate import checks as checks_mod
     from ..evaluate import evaluate
     from ..evaluate.aa import SHARDING as AA_SHARDING
@@ -306,7 +326,8 @@ def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch
         return 0
     provenance = {
         **versions(), "autoattack": aa_version(), "target": str(args.target),
-        "checkpoint": args.checkpoint, "data": cfg.data.name, "split": args.split,
+        "checkpoint": args.checkpoint, "weights": weights,
+        "data": cfg.data.name, "split": args.split,
         "seed": settings.seed, "n": int(y.shape[0]), "eps": settings.eps, "norm": settings.norm,
         "attacks": settings.attacks, "aa_version": settings.aa_version,
         "aa_attacks": list(settings.aa_attacks) if settings.aa_attacks else None,
@@ -363,6 +384,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--bf16", action="store_true",
                    help="bf16 autocast for forward passes (faster on GPUs; risks gradient masking)")
     e.add_argument("--checkpoint", default="best", metavar="{best,last}")
+    e.add_argument("--weights", default=None, metavar="{ema,raw}",
+                   help="of a run or checkpoint directory: the moving average of the weights (the "
+                   "default when the run kept one, ema.decay > 0) or the trained weights")
     e.add_argument("--config", default=None, help="config YAML for a bare checkpoint")
     e.add_argument("--split", default="test", metavar="{test,val}")
     e.add_argument("--seed", default=0, help=f"0 .. {MAX_SEED}")
