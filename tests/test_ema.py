@@ -259,6 +259,15 @@ def test_eval_chooses_between_the_average_and_the_raw_weights(ema_run, capsys, m
     assert default["provenance"]["weights"] == "ema" and raw["provenance"]["weights"] == "raw"
 
 
+def test_the_library_loads_a_runs_average_too(ema_run):
+    """``runs.load_model`` (calibrate-dra, the benchmarks) takes the model eval takes."""
+    from adaptrain.runs import load_model
+
+    model, _, _, _ = load_model(str(ema_run), "last", device="cpu")
+    avg = checkpoint.load_weights(ema_run / "checkpoints" / "last" / checkpoint.EMA_FILE)
+    assert all(torch.equal(v, avg[k]) for k, v in model.state_dict().items())
+
+
 def test_eval_weights_refusals_are_one_line(ema_run, tmp_path, capsys):
     plain = tmp_path / "plain"
     train_mod.train(build_config("quickstart", [*TINY, "epochs=1"]), plain, **QUIET)
