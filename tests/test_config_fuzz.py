@@ -41,6 +41,8 @@ LEGITIMATE: dict[tuple[str, str], set[str]] = {
     ("", "optim.milestones"): {"0", "[1, 2]"},  # epochs; a lone number is a one-entry list
     ("", "awp.gamma"): {"0"},  # AWP off
     ("", "awp.warmup"): {"0"},
+    ("", "ema.decay"): {"0"},  # EMA off
+    ("", "ema.warmup"): {"0"},
     ("", "eval.eps"): {"0"},  # clean accuracy under the attack's name
     ("cnn2c2f", "model.dropout"): {"0"},
     ("wrn", "model.dropout"): {"0"},

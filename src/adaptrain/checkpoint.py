@@ -1,6 +1,7 @@
 """Checkpoints that never execute code on load.
 
-A checkpoint is a directory with ``model.safetensors`` (weights and buffers) and
+A checkpoint is a directory with ``model.safetensors`` (weights and buffers), with
+``ema.safetensors`` (the moving average of the weights, :mod:`.ema`) when the run keeps one, and
 ``state.pt`` (optimiser, strategy, objective, RNG states, history) loaded with
 ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers: a
 pickle payload that would construct arbitrary objects is refused. Writes are atomic: the
@@ -30,24 +31,34 @@ from . import fileio
 from .errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
+WEIGHTS = ("ema", "raw")  # which weights of a checkpoint: the moving average or the trained ones
 
 
-def save(directory: Path, model: nn.Module, state: dict[str, Any] | None = None) -> None:
-    """Atomically write ``directory`` (replacing an existing checkpoint there)."""
+def save(directory: Path, model: nn.Module, state: dict[str, Any] | None = None, *,
+         ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Atomically write ``directory`` (replacing an existing checkpoint there); ``ema``: the
+    averaged weights' state dict, written next to the model's."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        fileio.write_file(tmp / MODEL_FILE, safetensors_bytes(tensors, metadata={"format": "adaptrain"}))
+        write_weights(tmp / MODEL_FILE, model.state_dict())
+        if ema is not None:
+            write_weights(tmp / EMA_FILE, ema)
         if state is not None:
             write_state(tmp, state)
         swap_in(tmp, directory)
     except BaseException:
         fileio.remove_tree(tmp)
         raise
+
+
+def write_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    fileio.write_file(path, safetensors_bytes(tensors, metadata={"format": "adaptrain"}))
 
 
 def write_state(directory: Path, state: dict[str, Any]) -> None:

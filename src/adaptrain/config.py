@@ -31,6 +31,7 @@ from .component import (
     require,
     require_in,
 )
+from .ema import BUFFER_MODES
 from .errors import ConfigError
 from .registry import PathOf, coerce
 from .schedules import SCHEDULES, first_decay_epoch, make_schedule
@@ -83,6 +84,13 @@ class AWPConfig:
 
 
 @dataclass
+class EMAConfig:
+    decay: float = 0.0  # exponential moving average of the weights; > 0 switches it on (0.995 typical)
+    warmup: int = 0  # epochs during which the average copies the weights (then the decay ramps up)
+    buffers: str = "copy"  # BatchNorm statistics of the average: copy (the model's) | average
+
+
+@dataclass
 class EvalConfig:
     n: int = 1000  # validation examples evaluated after each epoch
     attack: str = "pgd-10"  # clean, pgd-K, pgd-K-R, cw-K, fgsm, apgd-ce, ... (adaptrain.evaluate.specs)
@@ -123,6 +131,7 @@ class Config:
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})
     regularizer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     awp: AWPConfig = field(default_factory=AWPConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -278,6 +287,7 @@ def validate(cfg: Config) -> None:
     _validate_optim(cfg)
     _validate_awp_and_eval(cfg)
     _validate_log(cfg)
+    _validate_ema(cfg)
     _validate_components(cfg)
 
 
@@ -359,6 +369,15 @@ def _validate_log(cfg: Config) -> None:
     from .logmetrics import check_available
 
     check_available(cfg.log.tensorboard, cfg.log.wandb)
+
+
+def _validate_ema(cfg: Config) -> None:
+    m = cfg.ema
+    require_in(m.decay, "ema.decay", 0, 1, high_open=True,
+               why="1 would never move the average; 0.995 .. 0.999 is typical, 0 turns EMA off")
+    require_in(m.warmup, "ema.warmup", 0, MAX_EPOCHS)
+    require(m.buffers in BUFFER_MODES, "ema.buffers",
+            f"{m.buffers!r}; allowed: {', '.join(BUFFER_MODES)}")
 
 
 def _validate_components(cfg: Config) -> None:

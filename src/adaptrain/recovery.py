@@ -87,7 +87,9 @@ def _recover_best(ckpts: Path, best_epoch: int, last_epoch: int, row: dict[str, 
         tmp = ckpts / f".best.tmp-rebuilt-{best_epoch}"
         fileio.remove_tree(tmp)
         tmp.mkdir()
-        fileio.copy_file(ckpts / "last" / checkpoint.MODEL_FILE, tmp / checkpoint.MODEL_FILE)
+        for name in (checkpoint.MODEL_FILE, checkpoint.EMA_FILE):  # the moving average too
+            if (ckpts / "last" / name).is_file():
+                fileio.copy_file(ckpts / "last" / name, tmp / name)
         checkpoint.write_state(tmp, {"epoch": best_epoch, "metrics": row})
         checkpoint.swap_in(tmp, best)
         log(f"rebuilt {best} from epoch {best_epoch}'s weights in {ckpts / 'last'} (the run stopped "

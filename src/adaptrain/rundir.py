@@ -1,7 +1,8 @@
 """The run directory's tables: metrics.csv, strategy.csv, summary.json, and the epoch log line.
 
 ``summary.json`` is a contract other tools read: ``best_epoch``, ``best`` / ``last`` with
-``epoch``, ``clean_acc`` and ``robust_acc`` (fractions), ``wall_time_s``, ``versions``. Every
+``epoch``, ``clean_acc`` and ``robust_acc`` (fractions; with a moving average of the weights
+also its ``ema_clean_acc`` and ``ema_robust_acc``), ``wall_time_s``, ``versions``. Every
 file is written to a temporary name and renamed, so a reader never sees half a file.
 """
 
@@ -37,7 +38,11 @@ def versions() -> dict[str, str]:
 
 
 def best_row(history: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
+    """The epoch with the best ``select`` accuracy: of the moving average of the weights
+    (``ema_`` columns) when the run keeps one, since that is the model it delivers."""
     key = "robust_acc" if select == "robust" else "clean_acc"
+    if any(f"ema_{key}" in r for r in history):
+        key = f"ema_{key}"
     scored = [r for r in history if key in r]
     return max(scored, key=lambda r: r[key]) if scored else None  # first of equals wins
 
@@ -69,6 +74,8 @@ def epoch_line(row: dict[str, Any], epochs: int, attack: str, strategy: str = ""
          f"train acc {row['train_acc']:.3f}  {row['train_time_s']:.1f}s")
     if "clean_acc" in row:
         s += f"  |  val clean {row['clean_acc']:.3f}  {attack} {row['robust_acc']:.3f}"
+    if "ema_clean_acc" in row:
+        s += f"  |  ema clean {row['ema_clean_acc']:.3f}  {attack} {row['ema_robust_acc']:.3f}"
     if strategy:
         s += f"  |  {strategy}"
     if eta:
@@ -99,8 +106,10 @@ def write_outputs(out: Path, history: list[dict[str, Any]], telemetry: list[dict
     last = next((r for r in reversed(history) if "clean_acc" in r), None)
 
     def pick(r: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if r is None else {"epoch": r["epoch"], "clean_acc": r["clean_acc"],
-                                       "robust_acc": r["robust_acc"]}
+        if r is None:
+            return None
+        keys = ("clean_acc", "robust_acc", "ema_clean_acc", "ema_robust_acc")
+        return {"epoch": r["epoch"], **{k: r[k] for k in keys if k in r}}
 
     summary = {
         "preset": preset, "finished": finished, "epochs_completed": len(history),

@@ -44,9 +44,26 @@ def config_for(target: str, config: str | None) -> tuple[Config, Path | None]:
                       "or YAML it was trained with (--config NAME_OR_YAML)")
 
 def locate(target: str, which: str, config: str | None) -> tuple[Path, Config, Path | None]:
-    """-> (weights path, config, run directory or None)."""
+    """-> (weights path, config, run directory or None); in a checkpoint directory, the moving
+    average of the weights when the run kept one (:func:`pick_weights`)."""
     cfg, run_dir = config_for(target, config)
-    return checkpoint.resolve(Path(target), which), cfg, run_dir
+    path = checkpoint.resolve(Path(target), which)
+    return (pick_weights(path)[0] if path.is_dir() else path), cfg, run_dir
+
+def pick_weights(directory: Path, which: str | None = None) -> tuple[Path, str]:
+    """The weights file of checkpoint ``directory``: ``which`` ema | raw, or None for the
+    moving average when the checkpoint has one (it is what the run selected on) and the raw
+    weights otherwise. -> (file, "ema" | "raw")."""
+    directory = Path(directory)
+    has_ema = (directory / checkpoint.EMA_FILE).is_file()
+    which = ("ema" if has_ema else "raw") if which is None else str(which)
+    if which not in checkpoint.WEIGHTS:
+        raise ConfigError("--weights", f"unknown {which!r}; allowed: {', '.join(checkpoint.WEIGHTS)}")
+    if which == "ema" and not has_ema:
+        raise ConfigError("--weights", f"{directory} holds no moving average of the weights (the "
+                          "run had ema.decay=0); use --weights raw")
+    return directory / (checkpoint.EMA_FILE if which == "ema" else checkpoint.MODEL_FILE), which
+
 
 def parse_device(name: str) -> torch.device:
     """auto | cpu | cuda | cuda:N | mps, checked against this machine before anything loads."""

@@ -28,6 +28,7 @@ from .context import Batch, Feedback, RunContext, StepInfo, Stream
 from .data import BatchLoader, eps_text, load_arrays, make_splits
 from .data.extra import ExtraData, check_extra
 from .distributed import SINGLE, World
+from .ema import EMA
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate_attacks, parse_spec
 from .logmetrics import LiveLog
@@ -71,6 +72,7 @@ class Run:
     # gradient hooks or buffer broadcasts there)
     loss_net: torch.nn.Module | None = None
     live: LiveLog | None = None  # TensorBoard / W&B copies of the tables (rank 0; log.*)
+    ema: EMA | None = None  # the moving average of the weights (ema.decay > 0)
 
     def __post_init__(self) -> None:
         if self.net is None:
@@ -172,7 +174,9 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
               regularizer=REGULARIZERS.build(cfg.regularizer, ctx=ctx),
               attack=ATTACKS.build(cfg.attack),
               awp=AWP(model, cfg.awp, world) if cfg.awp.gamma > 0 else None,
-              ctx=ctx, generators=generators, world=world)
+              ctx=ctx, generators=generators, world=world,
+              ema=EMA(model, cfg.ema.decay, warmup_steps=cfg.ema.warmup * len(loader),
+                      buffers=cfg.ema.buffers) if cfg.ema.decay > 0 else None)
     if state is not None:
         restore(run, state)
     return run
@@ -203,6 +207,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         run.regularizer.load_state_dict(state.get("regularizer", {}))
         if run.awp:
             run.awp.load_state_dict(state["awp"])
+        if run.ema:
+            run.ema.load_state_dict(checkpoint.load_weights(ckpt / checkpoint.EMA_FILE))
         for k, g in run.generators.items():
             g.set_state(state["generators"][k])
         torch.set_rng_state(state["torch_rng"])
@@ -286,6 +292,8 @@ def train_epoch(run: Run, epoch: int, bar: bool | None) -> dict[str, float]:
         opt.step()
         if awp_on:
             run.awp.restore()
+        if run.ema:  # averages the weights the step produced, AWP's perturbation taken off
+            run.ema.update(batch.step.global_step)
         loss_sum += loss_vec.detach().float().sum()
         if logits is not None:
             correct += (logits.detach().argmax(1) == y).sum()
@@ -302,14 +310,15 @@ def batch_mean(loss_vec: torch.Tensor, batch: Batch) -> torch.Tensor:
     return loss_vec.mean() if rows.total == loss_vec.shape[0] else loss_vec.sum() / rows.total
 
 
-def validate(run: Run, epoch: int) -> dict[str, float]:
-    """Clean and ``eval.attack`` accuracy on the validation split (the code ``adaptrain eval``
-    runs), plus FGSM accuracy when single-step training could overfit catastrophically."""
+def validate(run: Run, epoch: int, model: torch.nn.Module | None = None) -> dict[str, float]:
+    """Clean and ``eval.attack`` accuracy of ``model`` (default: the run's) on the validation
+    split (the code ``adaptrain eval`` runs), plus FGSM accuracy when single-step training could
+    overfit catastrophically."""
     e = run.cfg.eval
     x, y = run.val
     norm = run.cfg.attack.get("norm", "linf")
     attacks = [e.attack] + (["fgsm"] if watch_fgsm(run.cfg) else [])
-    res = evaluate_attacks(run.model, x, y, attacks, eps=e.eps, step_size=e.step_size,
+    res = evaluate_attacks(model or run.model, x, y, attacks, eps=e.eps, step_size=e.step_size,
                            norm=norm, batch_size=run.cfg.data.eval_batch_size,
                            seed=run.cfg.seed * 7919 + epoch, device=run.device,
                            world=run.world)  # the examples split over the ranks
@@ -383,11 +392,16 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
         row: dict[str, Any] = {"epoch": epoch + 1, **train_epoch(run, epoch, progress)}
         row["train_time_s"] = time.perf_counter() - t0
         run.world.broadcast_(*run.model.buffers())  # rank 0's BatchNorm statistics everywhere
-        if (bad := first_nonfinite(run.model)) is not None:  # e.g. BatchNorm statistics at inf
-            raise diverged(run, f"non-finite values in {bad} after epoch {epoch + 1}")
+        if run.ema:
+            run.world.broadcast_(*run.ema.module.buffers())  # and those of the average
+        for net in (run.model, *([run.ema.module] if run.ema else [])):
+            if (bad := first_nonfinite(net)) is not None:  # e.g. BatchNorm statistics at inf
+                raise diverged(run, f"non-finite values in {bad} after epoch {epoch + 1}")
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
             t1 = time.perf_counter()
             row.update(validate(run, epoch))
+            if run.ema:  # same examples and attack seed: the two columns compare the weights
+                row.update({f"ema_{k}": v for k, v in validate(run, epoch, run.ema.module).items()})
             row["eval_time_s"] = time.perf_counter() - t1
             warning = catastrophic_overfitting([*run.history, row])
             if "fgsm_acc" in row:
@@ -400,9 +414,11 @@ def train_epochs(run: Run, preset: str, progress: bool | None, log) -> dict[str,
         run.history.append(row)
         if run.world.main:
             # the commit order recovery.py relies on: last (the commit point), best, tables
-            checkpoint.save(ckpts / "last", run.model, state_of(run, epoch + 1))
+            ema = run.ema.state_dict() if run.ema else None
+            checkpoint.save(ckpts / "last", run.model, state_of(run, epoch + 1), ema=ema)
             if best_row(run.history, cfg.eval.select) is row:
-                checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row})
+                checkpoint.save(ckpts / "best", run.model, {"epoch": epoch + 1, "metrics": row},
+                                ema=ema)
             write_outputs(run, preset, finished=epoch + 1 == cfg.epochs)
             if run.live is not None:  # after the tables: a failure here loses nothing
                 run.live.epoch(row, run.telemetry[-1])
@@ -422,7 +438,8 @@ def write_outputs(run: Run, preset: str, finished: bool) -> dict[str, Any]:
         run.out, run.history, run.telemetry, select=e.select, preset=preset, finished=finished,
         eval_info={"attack": e.attack, "eps": e.eps, "step_size": e.step_size, "n": len(run.val[1]),
                    "split": "val" if run.cfg.data.val_size > 0 else "test",
-                   "norm": run.cfg.attack.get("norm", "linf"), "select": e.select},
+                   "norm": run.cfg.attack.get("norm", "linf"), "select": e.select,
+                   "weights": "ema" if run.ema else "raw"},  # which weights selected the best
         wall_time=run.wall_time, device=run.device,
         precision={"bf16_autocast": use_amp(run.cfg.amp, run.device),  # what `auto` became here
                    "channels_last": use_channels_last(run.cfg.channels_last, run.device)})

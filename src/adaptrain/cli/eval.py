@@ -38,7 +38,7 @@ from .. import checkpoint, fileio
 from ..config import Config
 from ..distributed import World
 from ..errors import ConfigError
-from ..runs import config_for, examples, load_weights_into_model, parse_device
+from ..runs import config_for, examples, load_weights_into_model, parse_device, pick_weights
 from .args import budget, choice, integer, items
 
 # Bounds on the integer flags (documented in --help): beyond them a value is a typo.
@@ -165,9 +165,10 @@ def settings_from_args(args: argparse.Namespace, cfg: Config | None = None):
                         corruption_table=args.corruption_table, bf16=args.bf16)
 
 
-def destination(args: argparse.Namespace, run_dir: Path | None, default: Path | None = None) -> Path:
-    """The result file: --out, else RUN/eval/<checkpoint>.json, else ``default``, else next to
-    the checkpoint."""
+def destination(args: argparse.Namespace, run_dir: Path | None, tag: str = "",
+                default: Path | None = None) -> Path:
+    """The result file: --out, else RUN/eval/<checkpoint><tag>.json, else ``default``, else next
+    to the checkpoint (``tag`` "-raw" keeps a run's raw weights apart from its default, the EMA)."""
     if args.out is not None:
         if not str(args.out).strip():
             raise ConfigError("--out", "empty; give the JSON file to write, e.g. eval.json")
@@ -176,7 +177,7 @@ def destination(args: argparse.Namespace, run_dir: Path | None, default: Path | 
             raise ConfigError("--out", f"must name a .json file (the markdown and the resumable "
                               f"state go next to it), got {args.out!r}")
     elif run_dir is not None:
-        dest = run_dir / "eval" / f"{args.checkpoint}.json"
+        dest = run_dir / "eval" / f"{args.checkpoint}{tag}.json"
     elif default is not None:
         dest = default
     else:
@@ -264,9 +265,8 @@ def check_source(args: argparse.Namespace) -> None:
                             ("--data-root", args.data_root)):
             if value is not None:
                 raise ConfigError(flag, "goes with --model; a run evaluates on its own data set")
-        if args.weights is not None:
-            raise ConfigError("--weights", "a weights FILE goes with --model; a run's checkpoint is "
-                              "chosen with --checkpoint best|last")
+        if args.weights is not None:  # a run's own: its moving average or its trained weights
+            choice(args.weights, "--weights", checkpoint.WEIGHTS)
         return
     if args.target is not None:
         raise ConfigError("--model", f"give either a run ({args.target}) or --model, not both")
@@ -337,13 +337,16 @@ def _run(args: argparse.Namespace, world: World) -> int:
     device = parse_device(world.device(str(args.device)))
     if world.many and device.type == "cpu":
         _share_cores(world)
-    weights = checkpoint.resolve(Path(args.target), args.checkpoint)
-    dest = destination(args, run_dir)
+    weights, which = weights_of(args)
+    # a run's default is its moving average; its raw weights get a result file of their own, so
+    # that neither evaluation resumes from the other's state
+    raw_of_ema = which == "raw" and weights.with_name(checkpoint.EMA_FILE).is_file()
+    dest = destination(args, run_dir, "-raw" if raw_of_ema else "")
     check_writable(dest)
     model, arrays = load_weights_into_model(cfg, weights, device)
     x, y = examples(cfg, arrays, args.split, integer(args.n, "--n", 1, MAX_N),
                     say=print if world.main else None)
-    origin = {"target": str(args.target), "checkpoint": args.checkpoint}
+    origin = {"target": str(args.target), "checkpoint": args.checkpoint, "weights": which}
     return _locked_evaluation(args, cfg, settings, model, x, y, dest, world, origin)
 
 
@@ -363,6 +366,18 @@ def _locked_evaluation(args: argparse.Namespace, cfg: Config, settings, model: t
                 raise failed
             return 2  # rank 0 says why
         return _evaluate_into(args, cfg, settings, model, x, y, dest, world, origin)
+
+
+def weights_of(args: argparse.Namespace) -> tuple[Path, str]:
+    """The weights file to evaluate and which it is (ema | raw): a run's or checkpoint
+    directory's moving average when it has one, unless --weights raw."""
+    target = checkpoint.resolve(Path(args.target), args.checkpoint)
+    if target.is_dir():
+        return pick_weights(target, args.weights)
+    if args.weights is not None:
+        raise ConfigError("--weights", f"{args.target} is a weights file; --weights ema|raw "
+                          "chooses within a run or checkpoint directory")
+    return target, "ema" if target.name == checkpoint.EMA_FILE else "raw"
 
 
 def _evaluate_into(args: argparse.Namespace, cfg: Config, settings, model: torch.nn.Module,
@@ -466,7 +481,7 @@ def add_parser(sub: Any) -> None:
 
 def add_model_options(e: argparse.ArgumentParser) -> None:
     """The options of an external model (docs/evaluation.md, "Any model"). ``--weights`` is
-    defined here once: with --model it is the weights FILE."""
+    defined here once: with --model it is the weights FILE, with a run ema | raw."""
     e.add_argument("--model", default=None,
                    help="evaluate an external model instead of a run: pkg.module:builder (a callable "
                    "returning an nn.Module that takes [0, 1] images and returns logits) or "
@@ -475,7 +490,9 @@ def add_model_options(e: argparse.ArgumentParser) -> None:
                    help="JSON object of keyword arguments for the builder, e.g. '{\"width\": 16}'")
     e.add_argument("--weights", default=None,
                    help="with --model: the weights file (.safetensors, or a torch state dict read "
-                   "with weights_only; pickled objects are refused)")
+                   "with weights_only; pickled objects are refused); with a run or checkpoint "
+                   "directory: ema (its moving average, the default when the run kept one, "
+                   "ema.decay > 0) or raw (the trained weights)")
     e.add_argument("--data", default=None, help="with --model: the data set to evaluate on (its test "
                    "split), e.g. cifar10; its standard budget is the default --eps")
     e.add_argument("--data-root", default=None, help="with --model: the data set's directory "
