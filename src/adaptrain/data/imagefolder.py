@@ -87,9 +87,14 @@ def cache_dir() -> Path:
     return data_home() / DECODED
 
 
+_SAID: set[str] = set()
+
+
 def _say(line: str) -> None:
-    """One line on stderr (rank 0 only under torchrun: every rank loads the same data)."""
-    if os.environ.get("RANK", "0") in ("", "0"):
+    """One line on stderr, once per process (a benchmark loads the same data for every row;
+    rank 0 only under torchrun: every rank loads the same data)."""
+    if os.environ.get("RANK", "0") in ("", "0") and line not in _SAID:
+        _SAID.add(line)
         print(line, file=sys.stderr, flush=True)
 
 
