@@ -52,6 +52,12 @@ def test_budgets_print_in_the_data_sets_own_units():
     doc["provenance"]["data"] = "cifar10"
     doc["eps"], doc["step_size"] = 8 / 255, 2 / 255
     assert "linf eps = 8/255, step 2/255," in to_markdown(doc)
+    doc["curve"] = {"attack": "pgd-20", "step": "eps/4", "eps": [0.0, 4 / 255, 8 / 255],
+                    "accuracy": [0.9, 0.6, 0.4]}
+    doc["rd"] = None
+    assert "| eps | 0/255 | 4/255 | 8/255 |" in to_markdown(doc)
+    doc["provenance"]["data"], doc["curve"]["eps"] = "digits", [0.0, 0.05, 0.1]
+    assert "| eps | 0 | 0.05 | 0.1 |" in to_markdown(doc)  # not 12.75/255
 
 
 def test_accuracy_differences_print_in_points():

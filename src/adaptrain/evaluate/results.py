@@ -36,7 +36,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Accuracy vs eps ({c['attack']}, step {c['step']}); robustness disparity "
                   f"RD = {doc['rd']:.4f} (accuracy lost per 1/255)" if doc.get("rd") is not None
                   else f"Accuracy vs eps ({c['attack']})", "",
-                  "| eps (/255) | " + " | ".join(f"{e * 255:g}" for e in c["eps"]) + " |",
+                  "| eps | " + " | ".join(eps_text(e, data) for e in c["eps"]) + " |",
                   "|---|" + "---|" * len(c["eps"]),
                   "| accuracy (%) | " + " | ".join(_pct(a) for a in c["accuracy"]) + " |"]
     if doc.get("corruptions"):
