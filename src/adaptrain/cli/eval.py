@@ -265,8 +265,9 @@ def check_source(args: argparse.Namespace) -> None:
                             ("--data-root", args.data_root)):
             if value is not None:
                 raise ConfigError(flag, "goes with --model; a run evaluates on its own data set")
-        if args.weights is not None:  # a run's own: its moving average or its trained weights
-            choice(args.weights, "--weights", checkpoint.WEIGHTS)
+        if args.weights is not None and args.weights not in checkpoint.WEIGHTS:
+            raise ConfigError("--weights", f"{args.weights!r}: with a run, ema (its moving average) "
+                              "or raw (the trained weights); a weights FILE goes with --model")
         return
     if args.target is not None:
         raise ConfigError("--model", f"give either a run ({args.target}) or --model, not both")
