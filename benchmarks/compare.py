@@ -194,19 +194,25 @@ def load_plan(path: Path, root: Path | None = None) -> dict:
     return plan if root is None else fill(plan, root)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def plan_parser(description: str) -> argparse.ArgumentParser:
+    """The options every plan runner shares (this script, ema.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("plan", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
-    p.add_argument("--only", default=None, help="comma list of labels")
-    p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
     p.add_argument("--data-root", default=None,
                    help=f"fills {{data_root}} in the plan (default ${DATA_ROOT_ENV}, else ../shared/data "
                         "beside the repository)")
-    p.add_argument("--dry-run", action="store_true")
     p.add_argument("--collect", action="store_true", help="only tabulate what exists")
+    return p
+
+
+def main() -> None:
+    p = plan_parser(__doc__.splitlines()[0])
+    p.add_argument("--only", default=None, help="comma list of labels")
+    p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
+    p.add_argument("--dry-run", action="store_true")
     p.add_argument("--name", default="results",
                    help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()

@@ -16,7 +16,6 @@ Plans, ``{data_root}``, resuming and threads as in benchmarks/compare.py. Result
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -26,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compare import adaptrain_cmd, data_root, load_plan, run_dir
+from compare import adaptrain_cmd, data_root, load_plan, plan_parser, run_dir
 
 EVALS = (("last", "raw"), ("last", "ema"))
 
@@ -106,14 +105,7 @@ def collect(out: Path, plan: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("plan", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="OMP threads per worker")
-    p.add_argument("--data-root", default=None, help="fills {data_root} (as compare.py)")
-    p.add_argument("--collect", action="store_true", help="only tabulate what exists")
-    args = p.parse_args()
+    args = plan_parser(__doc__.splitlines()[0]).parse_args()
     plan = load_plan(args.plan, data_root(args.data_root))
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.collect:
