@@ -266,8 +266,8 @@ def check_source(args: argparse.Namespace) -> None:
             if value is not None:
                 raise ConfigError(flag, "goes with --model; a run evaluates on its own data set")
         if args.weights is not None and args.weights not in checkpoint.WEIGHTS:
-            raise ConfigError("--weights", f"{args.weights!r}: with a run, ema (its moving average) "
-                              "or raw (the trained weights); a weights FILE goes with --model")
+            raise ConfigError("--weights", f"{args.weights!r} is not allowed with a run; allowed: "
+                              "ema, raw (a weights FILE goes with --model)")
         return
     if args.target is not None:
         raise ConfigError("--model", f"give either a run ({args.target}) or --model, not both")
