@@ -51,20 +51,23 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / label / f"seed{seed}"
 
 
+def train_cmds(d: Path, entry: dict, seed: int, plan: dict) -> list[list[str]]:
+    """The command that trains (or resumes) run ``d``, or none when it has finished."""
+    summary = d / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("finished"):
+        return []
+    if (d / "checkpoints" / "last").is_dir():
+        return [[*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"]]
+    over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
+    return [[*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"]]
+
+
 def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) -> str:
     d = run_dir(out, entry["label"], seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = out / "logs" / f"{entry['label']}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmds = []
-    summary = d / "summary.json"
-    finished = summary.is_file() and json.loads(summary.read_text()).get("finished")
-    if not finished:
-        if (d / "checkpoints" / "last").is_dir():
-            cmds.append([*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"])
-        else:
-            over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
-            cmds.append([*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"])
+    cmds = train_cmds(d, entry, seed, plan)
     for which in checkpoints(plan):
         if not (d / "eval" / f"{which}.json").is_file():
             cmds.append([*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",

@@ -25,7 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compare import adaptrain_cmd, data_root, load_plan, plan_parser, run_dir
+from compare import adaptrain_cmd, data_root, load_plan, plan_parser, run_dir, train_cmds
 
 EVALS = (("last", "raw"), ("last", "ema"))
 
@@ -35,15 +35,7 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = out / "logs" / f"{entry['label']}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmds = []
-    summary = d / "summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text()).get("finished")):
-        if (d / "checkpoints" / "last").is_dir():
-            cmds.append([*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"])
-        else:
-            over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
-            cmds.append([*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d),
-                         "--quiet"])
+    cmds = train_cmds(d, entry, seed, plan)
     for which, weights in EVALS:
         dest = d / "eval" / f"{which}-{weights}.json"
         if not dest.is_file():
