@@ -12,10 +12,17 @@ A plan is a YAML file:
     runs:
       - {label: pgd-at, preset: pgd-at}
       - {label: ecas, preset: ecas-ablation-cyclic-entropy, overrides: [strategy.steps=10]}
+      - {label: dra, preset: dra-finetune, after: clean,      # waits for clean/seedN to finish
+         overrides: ["init_from={out}/clean/seed{seed}"],     # {out}, {seed}: this plan's
+         eval: [--attacks, "clean,pgd-20", --eps, 2/255], checkpoints: [last]}  # per-run eval
 
 Usage (from the repository root):
 
     python benchmarks/compare.py PLAN.yaml --out bench-out/NAME --workers 2 [--only a,b] [--dry-run]
+        [--stage train|eval|all]
+
+``--stage train`` trains (or resumes) the plan's runs and evaluates nothing, ``--stage eval``
+evaluates finished runs only; a plan can so be spread over sessions.
 
 ``{data_root}`` in a plan's strings is the data directory: ``--data-root DIR``, else the
 environment variable ADAPTRAIN_DATA_ROOT, else ``../shared/data`` next to the repository.
@@ -36,6 +43,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,33 +59,71 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / label / f"seed{seed}"
 
 
-def train_cmds(d: Path, entry: dict, seed: int, plan: dict) -> list[list[str]]:
-    """The command that trains (or resumes) run ``d``, or none when it has finished."""
+def finished(d: Path) -> bool:
     summary = d / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("finished"):
+    return summary.is_file() and bool(json.loads(summary.read_text()).get("finished"))
+
+
+def train_cmds(d: Path, entry: dict, seed: int, plan: dict, out: Path | None = None
+               ) -> list[list[str]]:
+    """The command that trains (or resumes) run ``d``, or none when it has finished.
+    ``{out}`` and ``{seed}`` in an entry's overrides become the plan's output directory and
+    the run's seed (e.g. ``init_from={out}/clean/seed{seed}``)."""
+    if finished(d):
         return []
     if (d / "checkpoints" / "last").is_dir():
         return [[*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"]]
-    over = [*plan.get("common", []), *entry.get("overrides", []), f"seed={seed}"]
+    own = [o.replace("{out}", str(out)).replace("{seed}", str(seed)) if out else o
+           for o in entry.get("overrides", [])]
+    over = [*plan.get("common", []), *own, f"seed={seed}"]
     return [[*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"]]
 
 
-def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool) -> str:
+def eval_cmds(d: Path, entry: dict, plan: dict) -> list[list[str]]:
+    """The evaluations of run ``d`` that are missing (an entry's own ``eval`` / ``checkpoints``
+    replace the plan's)."""
+    return [[*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",
+             "--seed", str(plan.get("eval_seed", 0)), *entry.get("eval", plan.get("eval", []))]
+            for which in checkpoints({**plan, **entry})
+            if not (d / "eval" / f"{which}.json").is_file()]
+
+
+_done: dict[tuple[str, int], threading.Event] = {}
+
+
+def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool,
+        stage: str = "all") -> str:
     d = run_dir(out, entry["label"], seed)
+    try:
+        return _job(out, d, entry, seed, plan, threads, dry, stage)
+    finally:
+        _done.setdefault((entry["label"], seed), threading.Event()).set()
+
+
+def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool,
+         stage: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = out / "logs" / f"{entry['label']}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmds = train_cmds(d, entry, seed, plan)
-    for which in checkpoints(plan):
-        if not (d / "eval" / f"{which}.json").is_file():
-            cmds.append([*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",
-                         "--seed", str(plan.get("eval_seed", 0)), *plan.get("eval", [])])
+    dep = entry.get("after")
+    if dep and not dry and stage != "eval":
+        # the dependency is an earlier task of this invocation (or finished before it)
+        if (dep, seed) in _done:
+            _done[(dep, seed)].wait()
+        if not finished(run_dir(out, dep, seed)):
+            return f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has not finished"
+    cmds = train_cmds(d, entry, seed, plan, out) if stage != "eval" else []
+    if stage == "eval" and not finished(d):
+        return f"not evaluated {entry['label']} seed {seed}: training has not finished"
+    if stage != "train":
+        cmds += eval_cmds(d, entry, plan)
+    which_ckpts = checkpoints({**plan, **entry})
     for cmd in cmds:
         if dry:
             print(" ".join(cmd))
             continue
         if ("--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last"
-                and "best" in checkpoints(plan) and same_weights(d)):
+                and "best" in which_ckpts and same_weights(d)):
             shutil.copyfile(d / "eval" / "best.json", d / "eval" / "last.json")  # best is the last epoch
             continue
         t0 = time.time()
@@ -120,7 +166,7 @@ def collect(out: Path, plan: dict) -> tuple[str, dict]:
     attack_names: list[str] = []
     for entry in plan["runs"]:
         for seed in plan["seeds"]:
-            for which in checkpoints(plan):
+            for which in checkpoints({**plan, **entry}):
                 f = run_dir(out, entry["label"], seed) / "eval" / f"{which}.json"
                 if f.is_file():
                     acc = json.loads(f.read_text())["accuracy"]
@@ -128,7 +174,7 @@ def collect(out: Path, plan: dict) -> tuple[str, dict]:
     for entry in plan["runs"]:
         label = entry["label"]
         data[label] = {}
-        for which in checkpoints(plan):
+        for which in checkpoints({**plan, **entry}):
             vals: dict[str, list[float]] = {}
             epochs, times = [], []
             for seed in plan["seeds"]:
@@ -216,6 +262,8 @@ def main() -> None:
     p.add_argument("--only", default=None, help="comma list of labels")
     p.add_argument("--seeds", default=None, help="comma list overriding the plan's seeds")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--stage", choices=["train", "eval", "all"], default="all",
+                   help="train only, evaluate finished runs only, or both (default)")
     p.add_argument("--name", default="results",
                    help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()
@@ -227,9 +275,11 @@ def main() -> None:
     entries = [e for e in plan["runs"] if not args.only or e["label"] in args.only.split(",")]
     if not args.collect:
         tasks = [(e, s) for s in plan["seeds"] for e in entries]
+        for e, s in tasks:
+            _done[(e["label"], s)] = threading.Event()
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run),
-                                tasks):
+            for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run,
+                                              args.stage), tasks):
                 print(msg, flush=True)
     if args.dry_run:
         return
