@@ -22,7 +22,9 @@ Usage (from the repository root):
         [--stage train|eval|all]
 
 ``--stage train`` trains (or resumes) the plan's runs and evaluates nothing, ``--stage eval``
-evaluates finished runs only; a plan can so be spread over sessions.
+evaluates finished runs only; a plan can so be spread over sessions. ``--analyse`` tests the
+plan's ``claims`` on the evaluations that exist (paired bootstrap intervals, a verdict each:
+benchmarks/analyse.py).
 
 ``{data_root}`` in a plan's strings is the data directory: ``--data-root DIR``, else the
 environment variable ADAPTRAIN_DATA_ROOT, else ``../shared/data`` next to the repository.
@@ -264,12 +266,26 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--stage", choices=["train", "eval", "all"], default="all",
                    help="train only, evaluate finished runs only, or both (default)")
+    p.add_argument("--analyse", action="store_true",
+                   help="only test the plan's claims on what exists (OUT/analysis.md, figures)")
+    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--analyse)")
+    p.add_argument("--fixed-seeds", action="store_true",
+                   help="--analyse: resample test examples only, holding the seeds fixed")
     p.add_argument("--name", default="results",
                    help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()
     plan = load_plan(args.plan, data_root(args.data_root))
     if args.seeds:
         plan["seeds"] = [int(v) for v in args.seeds.split(",")]
+    if args.analyse:
+        from analyse import analyse
+
+        md, data = analyse(args.out, plan, n_boot=args.n_boot,
+                           resample_seeds=not args.fixed_seeds)
+        (args.out / "analysis.md").write_text(md + "\n")
+        (args.out / "analysis.json").write_text(json.dumps(data, indent=2))
+        print(md)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     entries = [e for e in plan["runs"] if not args.only or e["label"] in args.only.split(",")]

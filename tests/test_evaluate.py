@@ -104,6 +104,31 @@ def test_gradient_masking_trips_the_sanity_checks():
     assert "AutoAttack flags" in failed  # APGD-T's own zero-gradient flag
 
 
+def test_every_examples_outcome_is_kept_and_agrees_with_the_accuracies():
+    model, x, y = teacher_data(n=40, shape=(3, 4, 4), dtype=torch.float32)  # AA runs in fp32
+    y[:5] = (y[:5] + 1) % 10  # some clean mistakes, so that the clean string is not all ones
+    r = run(model, x, y, attacks=["pgd-5", "aa"], eps=2.5 / 255, step="eps/4", cascade=False,
+            aa_version="custom", aa_attacks=["apgd-ce"], curve=[0, 1 / 255, 2.5 / 255])
+    doc = json.loads(json.dumps(r["correct"]))  # survives JSON as it is
+    as_bool = {k: torch.tensor([c == "1" for c in v]) for k, v in doc.items()}
+    assert set(as_bool) == {*r["accuracy"], "worst_case"}
+    assert all(len(v) == 40 for v in doc.values())
+    assert not as_bool["clean"][:5].any()
+    for name, acc in r["accuracy"].items():
+        assert as_bool[name].float().mean().item() == pytest.approx(acc)
+        assert not (as_bool[name] & ~as_bool["clean"]).any()  # robust implies clean-correct
+    assert torch.equal(as_bool["worst_case"], as_bool["pgd-5"] & as_bool["aa"])
+    assert 0 < as_bool["worst_case"].sum() < as_bool["clean"].sum()
+    c = r["curve"]
+    assert c["correct"][0] == doc["clean"]
+    per_eps = [torch.tensor([ch == "1" for ch in v]).float() for v in c["correct"]]
+    assert [v.mean().item() for v in per_eps] == pytest.approx(c["accuracy"])
+    # RD is a mean over examples: (clean_i - correct_i(eps)) / (eps in 1/255), averaged
+    rd_i = torch.stack([(per_eps[0] - v) / (e * 255) for v, e in zip(per_eps[1:], c["eps"][1:],
+                                                                       strict=True)]).mean(0)
+    assert rd_i.mean().item() == pytest.approx(r["rd"])
+
+
 def test_robustness_disparity_on_a_synthetic_curve():
     eps = [0, 2 / 255, 4 / 255, 8 / 255]
     acc = [0.80, 0.70, 0.60, 0.40]

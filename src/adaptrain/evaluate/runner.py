@@ -8,6 +8,8 @@ evaluation continues where it stopped and ends with the same numbers.
 Modes: ``cascade`` (default): each attack runs on the survivors of every earlier one and
 ``accuracy[attack]`` is cumulative; ``independent``: every attack runs on every clean-correct
 example. Both give the same ``worst_case``; the sub-attacks of ``aa`` always cascade.
+``correct[name]`` (and the curve's ``correct``) keep every example's outcome as a '0' / '1'
+string in the order of the evaluated examples, for paired comparisons between models.
 Inputs in [0, 1], budgets in [0, 1] image units. Details: docs/evaluation.md.
 
 Under ``torchrun`` (a ``World`` of several ranks) each job's chunks are dealt to the ranks and
@@ -260,6 +262,11 @@ class Evaluator:
         return int(count.item()) / total
 
 
+def bits(flags: torch.Tensor) -> str:
+    """(N,) bool -> a string of N '0' / '1' (the JSON form of per-example outcomes)."""
+    return (flags.cpu().numpy().astype("u1") + ord("0")).tobytes().decode("ascii")
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings, *,
              state_path=None, progress: bool | None = None, device: torch.device | None = None,
              log: Callable[[str], None] | None = None, save_every_s: float = 5.0,
@@ -307,6 +314,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         everything = torch.ones(n, dtype=torch.bool)
         clean = everything & ev.run("clean", everything, ev.clean_chunk, keyed=True)
         accuracy = {"clean": clean.float().mean().item()}
+        correct = {"clean": bits(clean)}  # every example's outcome, for paired comparisons
         per_job: dict[str, torch.Tensor] = {"clean": clean}
         survivors = clean.clone()
         worst = clean.clone()
@@ -315,13 +323,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
             alive, subs = ev.entry("", spec, on, s.eps, step_for(step, s.eps))
             per_job.update(subs)
             accuracy[spec.name] = alive.float().mean().item()
+            correct[spec.name] = bits(alive)
             if spec.kind == "aa" and spec.name == "aa":
                 for k, v in subs.items():
                     accuracy[k] = v.float().mean().item()
+                    correct[k] = bits(v)
             worst &= alive
             survivors = alive if s.cascade else survivors
         out["accuracy"] = accuracy
         out["worst_case"] = worst.float().mean().item() if len(specs) > 1 else accuracy["clean"]
+        correct["worst_case"] = bits(worst)
+        out["correct"] = correct
         out["timing_s"] = {k: round(v["seconds"], 3) for k, v in state.jobs.items()}
         aa_flags = sorted({f for v in state.jobs.values() for f in v["flags"]})
 
@@ -330,15 +342,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
             cspec = parse_spec(s.curve_attack, "--curve-attack", aa_version=s.aa_version,
                                aa_attacks=s.aa_attacks)
             cstep = parse_step(s.curve_step, "--curve-step")
-            accs = []
+            accs, curve_correct = [], []
             for e in sorted(float(v) for v in s.curve):
-                if e == 0:
-                    accs.append(accuracy["clean"])
-                    continue
-                alive, _ = ev.entry(f"curve@{e:.6g}/", cspec, clean, e, step_for(cstep, e))
-                accs.append(alive.float().mean().item())
+                alive = (clean if e == 0 else
+                         ev.entry(f"curve@{e:.6g}/", cspec, clean, e, step_for(cstep, e))[0])
+                accs.append(accuracy["clean"] if e == 0 else alive.float().mean().item())
+                curve_correct.append(bits(alive))
             curve = {"attack": cspec.name, "step": str(s.curve_step),
-                     "eps": sorted(float(v) for v in s.curve), "accuracy": accs}
+                     "eps": sorted(float(v) for v in s.curve), "accuracy": accs,
+                     "correct": curve_correct}
         out["curve"] = curve
         out["rd"] = (robustness_disparity(curve["eps"], curve["accuracy"], accuracy["clean"])
                      if curve else None)

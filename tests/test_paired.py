@@ -1,0 +1,185 @@
+"""Paired bootstrap intervals and claim verdicts (adaptrain.paired, compare.py --analyse) on
+synthetic outcomes whose true difference is known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from adaptrain import paired
+from adaptrain.evaluate import robustness_disparity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def outcomes_pair(rng, s: int, n: int, p_base: float, flip_up: float, flip_down: float):
+    """(S, N) baseline and method outcomes; the method differs from the baseline on a few
+    examples only (the pairing the study has: same images, similar models)."""
+    base = (rng.random((s, n)) < p_base).astype(float)
+    up = (base == 0) & (rng.random((s, n)) < flip_up)
+    down = (base == 1) & (rng.random((s, n)) < flip_down)
+    method = base.copy()
+    method[up], method[down] = 1.0, 0.0
+    return method, base
+
+
+def test_the_estimate_is_the_mean_difference_and_the_bootstrap_is_reproducible():
+    rng = np.random.default_rng(0)
+    m, b = outcomes_pair(rng, 3, 400, 0.4, 0.1, 0.02)
+    iv = paired.paired_bootstrap(m - b, n_boot=2000)
+    assert iv.mean == pytest.approx(m.mean() - b.mean())
+    assert iv.per_seed == pytest.approx(tuple((m - b).mean(1)))
+    assert iv.lo < iv.mean < iv.hi
+    assert paired.paired_bootstrap(m - b, n_boot=2000) == iv
+    assert (iv.seeds, iv.examples) == (3, 400)
+
+
+def test_pairing_resolves_a_small_consistent_gain_that_unpaired_noise_would_hide():
+    rng = np.random.default_rng(1)
+    # +2 points on average: far below the ~3-point standard error of one accuracy from
+    # 1,000 examples, but the two models disagree on few examples
+    m, b = outcomes_pair(rng, 3, 1000, 0.45, 0.04, 0.0)
+    iv = paired.paired_bootstrap(m - b, n_boot=4000)
+    unpaired_se = np.sqrt(2 * 0.45 * 0.55 / 1000)
+    assert iv.mean < 2 * unpaired_se
+    assert iv.lo > 0 and paired.verdict(iv, "greater") == paired.REPRODUCED
+    assert paired.verdict(iv, "less") == paired.CONTRADICTED
+
+
+def coverage(resample_seeds: bool, trials: int = 150) -> float:
+    """How often the 95 % interval contains a true difference of exactly 0."""
+    rng = np.random.default_rng(2)
+    covered = 0
+    for _ in range(trials):
+        # both models are draws of the same process (accuracy 40 %, flips either way)
+        m, b = outcomes_pair(rng, 3, 300, 0.4, 0.1, 0.1 * 0.6 / 0.4)
+        iv = paired.paired_bootstrap(m - b, n_boot=800, seed=int(rng.integers(1 << 30)),
+                                     resample_seeds=resample_seeds)
+        covered += iv.lo <= 0 <= iv.hi
+    return covered / trials
+
+
+def test_no_difference_is_not_resolved_and_the_coverage_is_nominal_or_conservative():
+    # seeds fixed: nominal coverage (binomial sd of 150 trials at 0.95 is 0.018)
+    assert 0.89 <= coverage(resample_seeds=False) <= 0.99
+    # seeds resampled as well: the per-example noise is counted twice -> conservative
+    assert coverage(resample_seeds=True) >= 0.95
+    assert paired.verdict(paired.Interval(0.001, -0.01, 0.012, 3, 300, ()), "greater") == \
+        paired.UNRESOLVED
+
+
+def test_seed_to_seed_spread_widens_the_interval():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.02, 0.3, size=(3, 1000))
+    shifted = d + np.array([[-0.04], [0.0], [0.04]])  # the same mean, seeds disagree
+    narrow, wide = (paired.paired_bootstrap(v, n_boot=3000) for v in (d, shifted))
+    assert wide.hi - wide.lo > 1.5 * (narrow.hi - narrow.lo)
+
+
+def test_margins_and_combined_verdicts():
+    iv = paired.Interval(-0.002, -0.004, 0.0, 3, 1000, ())
+    assert paired.verdict(iv, "greater", margin=-0.005) == paired.REPRODUCED  # within 0.5 points
+    assert paired.verdict(iv, "greater") == paired.UNRESOLVED
+    assert paired.verdict(paired.Interval(-0.02, -0.03, -0.01, 3, 1, ()), "greater", -0.005) == \
+        paired.CONTRADICTED
+    assert paired.combine([paired.REPRODUCED, paired.REPRODUCED]) == paired.REPRODUCED
+    assert paired.combine([paired.REPRODUCED, paired.UNRESOLVED]) == paired.UNRESOLVED
+    assert paired.combine([paired.UNRESOLVED, paired.CONTRADICTED]) == paired.CONTRADICTED
+    with pytest.raises(ValueError, match="direction"):
+        paired.verdict(iv, "bigger")
+    with pytest.raises(ValueError, match="seeds, examples"):
+        paired.paired_bootstrap(np.zeros(5))
+
+
+def test_rd_per_example_averages_to_the_runs_rd():
+    rng = np.random.default_rng(4)
+    eps = [0.0, 4 / 255, 8 / 255, 16 / 255]
+    clean = rng.random(200) < 0.6
+    rows = [clean]
+    for _ in eps[1:]:
+        rows.append(rows[-1] & (rng.random(200) < 0.7))  # robust at eps implies robust below
+    curve = {"eps": eps, "correct": ["".join("1" if v else "0" for v in r) for r in rows]}
+    acc = [r.mean() for r in rows]
+    assert paired.rd_per_example(curve).mean() == pytest.approx(robustness_disparity(eps, acc))
+
+
+def _write_eval(run: Path, which: str, correct: dict[str, np.ndarray]) -> None:
+    run.joinpath("eval").mkdir(parents=True, exist_ok=True)
+    doc = {"accuracy": {k: float(v.mean()) for k, v in correct.items()},
+           "correct": {k: "".join(str(int(b)) for b in v) for k, v in correct.items()},
+           "curve": None}
+    (run / "eval" / f"{which}.json").write_text(json.dumps(doc))
+
+
+def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_path):
+    rng = np.random.default_rng(5)
+    n, seeds = 600, [0, 1]
+    for s in seeds:
+        base_best = rng.random(n) < 0.4
+        base_last = base_best & (rng.random(n) < 0.8)  # the baseline overfits: last < best
+        good = base_best | (rng.random(n) < 0.15)      # clearly better on aa
+        same = base_best ^ (rng.random(n) < 0.01)      # indistinguishable
+        _write_eval(tmp_path / "base" / f"seed{s}", "best", {"aa": base_best})
+        _write_eval(tmp_path / "base" / f"seed{s}", "last", {"aa": base_last})
+        _write_eval(tmp_path / "good" / f"seed{s}", "best", {"aa": good})
+        _write_eval(tmp_path / "good" / f"seed{s}", "last", {"aa": good})  # no gap
+        _write_eval(tmp_path / "same" / f"seed{s}", "best", {"aa": same})
+    plan = {"seeds": seeds, "runs": [{"label": "base", "preset": "pgd-at"}],
+            "claims": [
+                {"claim": "good >= base", "parts": [
+                    {"method": "good", "baseline": "base", "metric": "aa", "direction": "greater"},
+                    {"method": "good", "baseline": "base", "metric": "gap:aa", "direction": "less"}]},
+                {"claim": "same >= base", "parts": [
+                    {"method": "same", "baseline": "base", "metric": "aa", "direction": "greater"}]},
+                {"claim": "base >= good", "parts": [
+                    {"method": "base", "baseline": "good", "metric": "aa", "direction": "greater"}]},
+                {"claim": "missing >= base", "parts": [
+                    {"method": "missing", "baseline": "base", "metric": "aa",
+                     "direction": "greater"}]}]}
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
+                           "--out", str(tmp_path), "--analyse", "--n-boot", "1000"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {c["claim"]: c["verdict"] for c in
+                json.loads((tmp_path / "analysis.json").read_text())["claims"]}
+    assert verdicts == {"good >= base": "reproduced", "same >= base": "not resolved",
+                        "base >= good": "contradicted", "missing >= base": "not run"}
+    md = (tmp_path / "analysis.md").read_text()
+    assert "| **good >= base**: reproduced |" in md
+    assert (tmp_path / "figures" / "claim-1.png").stat().st_size > 0
+    assert not (tmp_path / "figures" / "claim-4.png").exists()  # nothing to draw
+
+
+def test_compare_fills_run_references_and_stages_the_work(tmp_path):
+    plan = {"seeds": [3], "common": ["epochs=2"], "eval": ["--attacks", "clean"],
+            "runs": [{"label": "clean", "preset": "quickstart-clean"},
+                     {"label": "ft", "preset": "dra-finetune-mnist", "after": "clean",
+                      "overrides": ["init_from={out}/clean/seed{seed}"],
+                      "eval": ["--attacks", "clean,pgd-20"], "checkpoints": ["last"]}]}
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+
+    def dry(*extra: str) -> list[str]:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"),
+                               str(plan_file), "--out", str(out), "--dry-run", *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return [ln for ln in proc.stdout.splitlines() if "adaptrain.cli" in ln]
+
+    cmds = dry("--stage", "train")
+    assert len(cmds) == 2 and all(" train " in c for c in cmds)
+    assert f"init_from={out}/clean/seed3" in cmds[1] and "seed=3" in cmds[1]
+    cmds = dry()
+    evals = [c for c in cmds if " eval " in c]
+    assert len(evals) == 3  # clean: best and last; ft: its own checkpoints and attacks
+    assert evals[-1].endswith("--checkpoint last --quiet --seed 0 --attacks clean,pgd-20")
+    assert dry("--stage", "eval") == []  # nothing has finished training
