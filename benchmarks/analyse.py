@@ -120,7 +120,47 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
                 f"{fmt.format(f * p['hi'])}] | "
                 + ", ".join(fmt.format(f * v) for v in p["per_seed"]) + f" | {p['verdict']} |")
     figures(out, plan, results)
-    return "\n".join(lines), {"n_boot": n_boot, "resample_seeds": resample_seeds, "claims": results}
+    cost_md, cost = costs(out, plan)
+    return ("\n".join(lines) + "\n\n" + cost_md,
+            {"n_boot": n_boot, "resample_seeds": resample_seeds, "claims": results, "cost": cost})
+
+
+def costs(out: Path, plan: dict) -> tuple[str, dict]:
+    """Wall time per run: training (summary.json, resumed pieces summed) and each evaluation
+    (the eval JSON's provenance); a copied evaluation (best = last) costs nothing."""
+    rows, cost, total = [], {}, 0.0
+    for entry in plan["runs"]:
+        for seed in plan["seeds"]:
+            d = out / entry["label"] / f"seed{seed}"
+            if not (d / "summary.json").is_file():
+                continue
+            summary = json.loads((d / "summary.json").read_text())
+            train_s = float(summary.get("wall_time_s") or 0.0)
+            evals = {}
+            for which in ("best", "last"):
+                doc = _eval(out, entry["label"], seed, which)
+                if doc is not None:
+                    evals[which] = float(doc.get("provenance", {}).get("wall_time_s") or 0.0)
+            if evals.get("last") == evals.get("best") and "last" in evals and same_epoch(summary):
+                evals["last"] = 0.0  # compare.py copied the best checkpoint's evaluation
+            cost[f"{entry['label']}/seed{seed}"] = {
+                "train_s": train_s, "epochs": summary.get("epochs_completed"),
+                "finished": bool(summary.get("finished")), "eval_s": evals}
+            total += train_s + sum(evals.values())
+            rows.append(f"| {entry['label']} | {seed} | {summary.get('epochs_completed')}"
+                        f"{'' if summary.get('finished') else ' (running)'} | {train_s / 60:.1f} | "
+                        + " / ".join(f"{evals[w] / 60:.1f}" if w in evals else "-"
+                                     for w in ("best", "last")) + " |")
+    head = ["| run | seed | epochs | training (min) | evaluation best / last (min) |",
+            "|---|---|---|---|---|"]
+    md = "\n".join([*head, *rows, "", f"Total: {total / 3600:.2f} h of wall time "
+                     "(processes of one thread each: as many CPU-hours)."])
+    return md, {"runs": cost, "total_s": total}
+
+
+def same_epoch(summary: dict) -> bool:
+    return summary.get("best_epoch") is not None and summary.get("best_epoch") == summary.get(
+        "epochs_completed")
 
 
 def figures(out: Path, plan: dict, results: list[dict]) -> None:

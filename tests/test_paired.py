@@ -130,6 +130,13 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
         _write_eval(tmp_path / "good" / f"seed{s}", "best", {"aa": good})
         _write_eval(tmp_path / "good" / f"seed{s}", "last", {"aa": good})  # no gap
         _write_eval(tmp_path / "same" / f"seed{s}", "best", {"aa": same})
+    for s in seeds:  # what the runs cost: training 600 s each, 120 s per evaluation
+        (tmp_path / "base" / f"seed{s}" / "summary.json").write_text(json.dumps(
+            {"wall_time_s": 600.0, "epochs_completed": 30, "best_epoch": 20, "finished": True}))
+        for which in ("best", "last"):
+            f = tmp_path / "base" / f"seed{s}" / "eval" / f"{which}.json"
+            f.write_text(json.dumps({**json.loads(f.read_text()),
+                                     "provenance": {"wall_time_s": 120.0}}))
     plan = {"seeds": seeds, "runs": [{"label": "base", "preset": "pgd-at"}],
             "claims": [
                 {"claim": "good >= base", "parts": [
@@ -154,6 +161,9 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
                         "base >= good": "contradicted", "missing >= base": "not run"}
     md = (tmp_path / "analysis.md").read_text()
     assert "| **good >= base**: reproduced |" in md
+    cost = json.loads((tmp_path / "analysis.json").read_text())["cost"]
+    assert cost["total_s"] == pytest.approx(2 * (600 + 2 * 120))
+    assert "| base | 0 | 30 | 10.0 | 2.0 / 2.0 |" in md
     assert (tmp_path / "figures" / "claim-1.png").stat().st_size > 0
     assert not (tmp_path / "figures" / "claim-4.png").exists()  # nothing to draw
 
