@@ -147,6 +147,9 @@ def test_eps_curve_rd_and_monotonicity_check():
     from adaptrain.evaluate.checks import monotone_in_eps
 
     assert monotone_in_eps({"eps": [0, 0.1], "accuracy": [0.5, 0.6]})["ok"] is False
+    # budgets as the data set writes them: digits' 0.1 is not "25.5/255"
+    assert "0->0.1: 0.5000->0.6000" in monotone_in_eps({"eps": [0, 0.1], "accuracy": [0.5, 0.6]})["detail"]
+    assert "4/255->8/255" in monotone_in_eps({"eps": [4 / 255, 8 / 255], "accuracy": [0.3, 0.4]})["detail"]
 
 
 def test_a_resumed_evaluation_equals_an_uninterrupted_one(tmp_path, monkeypatch):

@@ -34,12 +34,20 @@ def robust_le_clean(accuracy: dict[str, float], worst_case: float | None) -> Che
                   else "above clean: " + ", ".join(bad))
 
 
+def budget_text(eps: float) -> str:
+    """8/255 for a whole number of 8-bit levels, else the [0, 1] value (digits' 0.1)."""
+    k = eps * 255
+    if eps == 0:
+        return "0"
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
 def monotone_in_eps(curve: dict[str, Any] | None) -> Check:
     if not curve:
         return _check("accuracy non-increasing in eps", None, "no eps-curve was evaluated")
     eps, acc = curve["eps"], curve["accuracy"]
     order = sorted(range(len(eps)), key=lambda i: eps[i])
-    rises = [f"{eps[i] * 255:g}->{eps[j] * 255:g}/255: {acc[i]:.4f}->{acc[j]:.4f}"
+    rises = [f"{budget_text(eps[i])}->{budget_text(eps[j])}: {acc[i]:.4f}->{acc[j]:.4f}"
              for i, j in zip(order, order[1:], strict=False) if acc[j] > acc[i] + 1e-12]
     return _check("accuracy non-increasing in eps", not rises,
                   "monotone" if not rises else "accuracy rises with the budget (" + "; ".join(rises)
