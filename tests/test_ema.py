@@ -304,3 +304,31 @@ def test_two_ranks_average_what_one_process_averages(tmp_path):
     assert max_diff(one, two) <= 1e-6
     rows = [list(csv.DictReader((tmp_path / r / "metrics.csv").open())) for r in ("one", "two")]
     assert [r["ema_robust_acc"] for r in rows[0]] == [r["ema_robust_acc"] for r in rows[1]]
+
+
+def test_the_report_shows_the_averaged_weights_the_run_selected_on(ema_run, tmp_path):
+    import shutil
+
+    from adaptrain import plots, report
+
+    run = tmp_path / "run"
+    shutil.copytree(ema_run, run)
+    # the tiny run's two weight sets score alike: give the average distinct numbers
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    for k, r in enumerate(rows):
+        r["ema_robust_acc"], r["ema_clean_acc"] = str(0.31 + 0.01 * k), str(0.61 + 0.01 * k)
+    with (run / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["best"].update(ema_robust_acc=0.4242, ema_clean_acc=0.7373)
+    (run / "summary.json").write_text(json.dumps(summary))
+    info = report.RunInfo(run)
+    row = next(ln for ln in report.table([info]).splitlines() if "| best (" in ln)
+    assert "| 73.73 |" in row and "| 42.42 |" in row
+    fig = plots.learning_curves([info])
+    solid, dashed = (fig.axes[0].lines[k].get_ydata() for k in (0, 1))
+    assert list(solid) == pytest.approx([float(r["ema_robust_acc"]) for r in rows])
+    assert list(dashed) == pytest.approx([float(r["ema_clean_acc"]) for r in rows])
+    assert any("(EMA weights)" in t.get_text() for t in fig.legends[0].get_texts())

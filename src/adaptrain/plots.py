@@ -109,6 +109,12 @@ def eval_setting(r: RunInfo) -> str:
     return f"{attack_text(str(e['attack']))} at ε = {eps_text(float(e['eps']))} ({_norm_text(e['norm'])})"
 
 
+def weights_prefix(r: RunInfo) -> str:
+    """``ema_`` when the run selected its best checkpoint on the moving average of its weights
+    (the model it delivers; its per-epoch columns are ``ema_clean_acc`` / ``ema_robust_acc``)."""
+    return "ema_" if r.eval_info.get("weights") == "ema" else ""
+
+
 def split_text(r: RunInfo) -> str:
     """Which images the per-epoch numbers come from, as the run's config says."""
     n = r.eval_info.get("n")
@@ -171,18 +177,20 @@ def learning_curves(runs: list[RunInfo]) -> Figure | None:
     losses: list[float] = []
     for i, r in enumerate(runs):
         color = f"C{i % 10}"
-        rows = [m for m in r.metrics if "clean_acc" in m]
+        pre = weights_prefix(r)
+        rows = [m for m in r.metrics if f"{pre}clean_acc" in m]
         ep = [m["epoch"] for m in rows]
-        robust, clean = [m["robust_acc"] for m in rows], [m["clean_acc"] for m in rows]
+        robust, clean = [m[f"{pre}robust_acc"] for m in rows], [m[f"{pre}clean_acc"] for m in rows]
         ax_acc.plot(ep, robust, color=color, ls="-")
         ax_acc.plot(ep, clean, color=color, ls="--")
         accs += robust + clean
         best = r.summary.get("best") or {}
-        key = "clean_acc" if r.eval_info.get("select") == "clean" else "robust_acc"
+        key = pre + ("clean_acc" if r.eval_info.get("select") == "clean" else "robust_acc")
         if best.get("epoch") is not None and best.get(key) is not None:
             ax_acc.plot([best["epoch"]], [best[key]], ls="none", marker="*", ms=13, color=color,
                         mec="black", mew=0.8, zorder=5, clip_on=False)  # whole at accuracy 1.0
         name = r.name if shared else f"{r.name} ({eval_setting(r)})"
+        name += " (EMA weights)" if pre else ""
         if best.get("epoch") is not None:
             name += f", best epoch {best['epoch']}"
         handles.append(Line2D([], [], color=color, lw=2, label=name))

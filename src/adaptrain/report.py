@@ -114,8 +114,9 @@ def table(runs: list[RunInfo]) -> str:
             ev = r.evals.get(which)
             s = r.summary.get(which) or {}
             if ev is None:
-                cells = [_pct(s.get("clean_acc")) if c == "clean" else "-" for c in cols]
-                worst = _pct(s.get("robust_acc"))
+                pre = plots.weights_prefix(r)  # the averaged weights' columns for an EMA run
+                cells = [_pct(s.get(f"{pre}clean_acc")) if c == "clean" else "-" for c in cols]
+                worst = _pct(s.get(f"{pre}robust_acc"))
                 extra = ["-", "-"]
                 label = f"{which} ({r.split}, {r.eval_info.get('attack', '')})"
             else:
