@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +191,9 @@ def figures(out: Path, plan: dict, results: list[dict]) -> None:
             ax.set_ylim(-0.7, y_all + 0.7)
             ax.set_title(f"{p['method']} − {p['baseline']}: {p['metric']} ({p['checkpoint']}), "
                          f"{p['verdict']}", fontsize=9)
-            ax.set_xlabel(f"difference{unit}" if unit else "difference (RD units)", fontsize=8)
+            ax.set_xlabel("difference (points)" if unit else "difference (RD units)", fontsize=8)
             ax.grid(alpha=0.3, axis="x")
-        fig.suptitle(r["claim"], fontsize=10)
+        fig.suptitle(textwrap.fill(r["claim"], 70), fontsize=10)
         fig.tight_layout()
         fig.savefig(fig_dir / f"claim-{k}.png", dpi=110)
         plt.close(fig)
