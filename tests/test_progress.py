@@ -119,12 +119,11 @@ class CountingIterable:
         return iter([torch.zeros(2), torch.zeros(2), torch.zeros(2)])
 
 
-def test_the_loader_stream_is_the_same_in_every_progress_mode(capsys):
-    from tqdm.auto import tqdm
-
-    reference = CountingIterable()
-    assert len(list(tqdm(reference, disable=True))) == 3  # what training always did
+def test_an_epoch_draws_the_loader_once_whatever_shows_progress(capsys):
+    # each iter() of the training loader draws an epoch's shuffle: the progress display must
+    # not draw one more (tqdm's constructor calls iter() on what it wraps), or the data stream
+    # would depend on a progress library's internals
     for enabled in (None, False, True):  # None: stdout is a pipe here, so plain lines
         items = CountingIterable()
         assert len(list(logprogress.track(items, 3, "e", enabled, images=len))) == 3
-        assert items.iters == reference.iters, enabled
+        assert items.iters == 1, enabled

@@ -115,13 +115,12 @@ def track(items: Iterable[T], total: int, desc: str, enabled: bool | None,
     """Yield ``items``, counting each as done once the caller asks for the next one (i.e.
     after its work); ``images(item)`` is how many images it held, for the rate.
 
-    ``items`` always passes through a tqdm.auto object (hidden unless it draws the bar): its
-    constructor calls ``iter(items)`` once more than the loop does, and for the training
-    loader each ``iter`` draws an epoch's shuffle. Every run so far (and the golden weights
-    of tests/test_preset_golden.py) trained on that stream, which must not depend on whether
-    stdout is a terminal."""
+    ``items`` is iterated exactly once (``iter(items)`` here, and tqdm wraps that iterator):
+    each ``iter`` of the training loader draws an epoch's shuffle, and tqdm's constructor
+    calls ``iter`` on what it wraps, so wrapping the loader itself drew a second, discarded
+    epoch and tied the data stream to tqdm's internals."""
     lines = enabled is None and not is_terminal(sys.stdout)
-    wrapped = tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+    wrapped = tqdm(iter(items), total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                    disable=True if enabled is False or lines else None)
     plain = Lines(total, desc, unit) if lines else None
     try:
