@@ -334,3 +334,19 @@ def test_the_report_shows_the_averaged_weights_the_run_selected_on(ema_run, tmp_
     assert list(solid) == pytest.approx([float(r["ema_robust_acc"]) for r in rows])
     assert list(dashed) == pytest.approx([float(r["ema_clean_acc"]) for r in rows])
     assert any("(EMA weights)" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_fine_tuning_from_an_ema_run_starts_from_the_averaged_weights(ema_run, tmp_path):
+    # the run selected its best checkpoint on the average and evaluates it by default: a run
+    # initialised from it (e.g. DRA fine-tuning) must start from the same model; a weights
+    # file named explicitly is taken as it is
+    averaged = checkpoint.load_weights(ema_run / "checkpoints" / "best" / checkpoint.EMA_FILE)
+    raw_file = ema_run / "checkpoints" / "best" / checkpoint.MODEL_FILE
+    for init, expected in ((ema_run, averaged), (ema_run / "checkpoints" / "best", averaged),
+                           (raw_file, checkpoint.load_weights(raw_file))):
+        cfg = build_config("quickstart", [*TINY, f"init_from={init}"])
+        run = train_mod.setup(cfg, tmp_path / f"ft{len(list(tmp_path.iterdir()))}")
+        start = run.model.state_dict()
+        assert all(torch.equal(start[k], v) for k, v in expected.items()), init
+    assert any(not torch.equal(averaged[k], v) for k, v in checkpoint.load_weights(raw_file).items()
+               if v.is_floating_point())

@@ -39,6 +39,7 @@ from .overfitting import catastrophic_overfitting
 from .precision import use_amp, use_channels_last
 from .regularizers import REGULARIZERS, Regularizer
 from .rundir import PRESET_MARK, best_row, epoch_line, resolve_device
+from .runs import pick_weights
 from .schedules import first_decay_epoch, make_schedule
 from .strategies import STRATEGIES, Strategy
 
@@ -141,7 +142,10 @@ def setup(cfg: Config, out: Path, *, state: dict[str, Any] | None = None,
     if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     if cfg.init_from and state is None:
-        checkpoint.load_into(model, checkpoint.resolve(cfg.init_from, "best"))
+        source = checkpoint.resolve(cfg.init_from, "best")
+        # a checkpoint directory gives the weights its run selected on and evaluates: the
+        # moving average when the run kept one; a weights file is taken as named
+        checkpoint.load_into(model, pick_weights(source)[0] if source.is_dir() else source)
     o = cfg.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
                                 nesterov=o.nesterov, weight_decay=o.weight_decay)
