@@ -293,7 +293,9 @@ def main() -> None:
         tasks = [(e, s) for s in plan["seeds"] for e in entries]
         for e, s in tasks:
             _done[(e["label"], s)] = threading.Event()
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        # a dry run prints the commands in the plan's order: threads would interleave them
+        workers = 1 if args.dry_run else args.workers
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run,
                                               args.stage), tasks):
                 print(msg, flush=True)
