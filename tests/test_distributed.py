@@ -6,7 +6,8 @@ sharding cannot change a normalisation statistic) once in one process and once u
 strategy.csv must agree within TOL. One ``torchrun`` launch runs every preset in turn
 (tests/dist_driver.py), so the imports are paid once. Also: a resume on another world size,
 a rank killed mid-epoch under ``--max-restarts=1``, an error on one rank only (bounded time),
-and the refusals of what sharding cannot do.
+the refusals of what sharding cannot do, and BatchNorm statistics (of the model and of its
+moving average) made one on every rank at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -186,3 +187,28 @@ def test_what_sharding_cannot_do_is_refused_in_one_line(runs, overrides, field):
     assert 1 <= len(lines) <= 2, done.stderr[-2000:]
     assert all(ln.startswith("[rank ") for ln in lines)
     assert len({ln.split("] ", 1)[1] for ln in lines}) == 1
+
+
+def test_batchnorm_statistics_of_the_model_and_its_average_agree_on_every_rank(tmp_path):
+    """DDP runs without buffer broadcasts, so each rank's BatchNorm statistics follow its own
+    shard; at the end of an epoch rank 0's are copied everywhere, for the model and for the EMA,
+    before anything validates or checks them."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    job = ["train", "pgd-at", *[o for o in COMMON if o != "model.norm=group"], "epochs=1",
+           "ema.decay=0.5", "eval.every=1", "--out", str(tmp_path / "run"), "--quiet"]
+    done = launch([job], tmp_path, 2, env={"DRIVER_DUMP_BUFFERS": str(dump)})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def dumped(rank: int, kind: str) -> list[list[torch.Tensor]]:
+        files = sorted(dump.glob(f"rank{rank}-{kind}*.pt"))
+        return [torch.load(f) for f in files]
+
+    pre0, pre1 = dumped(0, "pre"), dumped(1, "pre")
+    post0, post1 = dumped(0, "post"), dumped(1, "post")
+    assert len(pre0) == len(pre1) == 2 and len(post0) == len(post1) == 2  # model, then the EMA
+    for net in range(2):
+        assert any(b.is_floating_point() and b.numel() for b in post0[net])  # BatchNorm present
+        # the shards gave the ranks different statistics: the broadcast had work to do
+        assert any(not torch.equal(a, b) for a, b in zip(pre0[net], pre1[net], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(post0[net], post1[net], strict=True)), net
