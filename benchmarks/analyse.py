@@ -16,7 +16,9 @@ Called by ``compare.py PLAN --out OUT --analyse``. A plan lists its claims:
 aa/apgd-ce, worst_case, ...), ``rd`` (each example's share of the robustness disparity), or
 ``gap:<key>`` (best minus last checkpoint, per example). ``checkpoint`` (default best) and
 ``baseline_checkpoint`` (default: the same) pick the evaluated checkpoints. Pairs are formed
-over the seeds both runs have; a part with none is "not run". The statistics are
+over the seeds both runs have; a part with none is "not run", a part with fewer seeds than
+the plan's is "provisional" (its interval cannot hold the seed-to-seed variation it has not
+seen; a claim is provisional when any of its parts is). The statistics are
 :mod:`adaptrain.paired`. Writes OUT/analysis.md, OUT/analysis.json, OUT/figures/claim-K.png
 (one forest plot per claim) and OUT/figures/best-last-gap.png (validation robust accuracy
 below its best so far, per epoch, mean over seeds, one line per run on the plan's protocol:
@@ -75,7 +77,7 @@ def test_part(out: Path, seeds: list[int], part: dict, n_boot: int, resample_see
         rows.append(m - b)
         used.append(seed)
     res: dict[str, Any] = {**part, "checkpoint": which, "baseline_checkpoint": base_which,
-                           "seeds": used}
+                           "seeds": used, "provisional": 0 < len(used) < len(seeds)}
     if not rows:
         return {**res, "verdict": NOT_RUN}
     iv = paired.paired_bootstrap(np.stack(rows), n_boot=n_boot, resample_seeds=resample_seeds)
@@ -100,7 +102,8 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
         ran = [p["verdict"] for p in parts if p["verdict"] != NOT_RUN]
         overall = NOT_RUN if not ran else paired.combine(
             [p["verdict"] if p["verdict"] != NOT_RUN else paired.UNRESOLVED for p in parts])
-        results.append({"claim": c["claim"], "verdict": overall, "parts": parts})
+        results.append({"claim": c["claim"], "verdict": overall, "parts": parts,
+                        "provisional": any(p["provisional"] for p in parts)})
     lines = ["| claim | part | ckpt | seeds | method − baseline | 95 % interval | per seed | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -108,10 +111,13 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
             what = (f"{p['method']} − {p['baseline']}, {p['metric']} ({p['direction']}"
                     + (f" than {p['margin']:+g}" if p.get("margin") else " than 0") + ")")
             claim = f"**{r['claim']}**: {r['verdict']}" if k == 0 else ""
+            if k == 0 and r["provisional"]:
+                done = min(len(q["seeds"]) for q in r["parts"] if q["provisional"])
+                claim += f", provisional ({done} of {len(plan['seeds'])} seeds)"
             ckpt = p["checkpoint"] + ("" if p["baseline_checkpoint"] == p["checkpoint"]
                                       else f" vs {p['baseline_checkpoint']}")
             if p["verdict"] == NOT_RUN:
-                lines.append(f"| {claim} | {what} | {ckpt} | 0 | - | - | - | not run |")
+                lines.append(f"| {claim} | {what} | {ckpt} | - | - | - | - | not run |")
                 continue
             f, unit = _scale(p["metric"])
             fmt = "{:+.4f}" if f == 1.0 else "{:+.2f}"
@@ -119,7 +125,8 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
                 f"| {claim} | {what} | {ckpt} | {','.join(map(str, p['seeds']))} | "
                 f"{fmt.format(f * p['mean'])}{unit} | [{fmt.format(f * p['lo'])}, "
                 f"{fmt.format(f * p['hi'])}] | "
-                + ", ".join(fmt.format(f * v) for v in p["per_seed"]) + f" | {p['verdict']} |")
+                + ", ".join(fmt.format(f * v) for v in p["per_seed"]) + f" | {p['verdict']}"
+                + (", provisional |" if p["provisional"] else " |"))
     figures(out, plan, results)
     cost_md, cost = costs(out, plan)
     return ("\n".join(lines) + "\n\n" + cost_md,

@@ -130,6 +130,8 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
         _write_eval(tmp_path / "good" / f"seed{s}", "best", {"aa": good})
         _write_eval(tmp_path / "good" / f"seed{s}", "last", {"aa": good})  # no gap
         _write_eval(tmp_path / "same" / f"seed{s}", "best", {"aa": same})
+        if s == 0:  # a run still training on seed 1
+            _write_eval(tmp_path / "early" / f"seed{s}", "best", {"aa": good})
     for s in seeds:  # what the runs cost: training 600 s each, 120 s per evaluation
         (tmp_path / "base" / f"seed{s}" / "summary.json").write_text(json.dumps(
             {"wall_time_s": 600.0, "epochs_completed": 30, "best_epoch": 20, "finished": True}))
@@ -148,6 +150,9 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
                     {"method": "base", "baseline": "good", "metric": "aa", "direction": "greater"}]},
                 {"claim": "missing >= base", "parts": [
                     {"method": "missing", "baseline": "base", "metric": "aa",
+                     "direction": "greater"}]},
+                {"claim": "early >= base", "parts": [
+                    {"method": "early", "baseline": "base", "metric": "aa",
                      "direction": "greater"}]}]}
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(yaml.safe_dump(plan))
@@ -155,12 +160,20 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
                            "--out", str(tmp_path), "--analyse", "--n-boot", "1000"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    verdicts = {c["claim"]: c["verdict"] for c in
-                json.loads((tmp_path / "analysis.json").read_text())["claims"]}
+    claims = json.loads((tmp_path / "analysis.json").read_text())["claims"]
+    verdicts = {c["claim"]: c["verdict"] for c in claims}
     assert verdicts == {"good >= base": "reproduced", "same >= base": "not resolved",
-                        "base >= good": "contradicted", "missing >= base": "not run"}
+                        "base >= good": "contradicted", "missing >= base": "not run",
+                        "early >= base": "reproduced"}
+    # one seed of the plan's two: its interval holds no seed-to-seed variation, so it is marked
+    assert {c["claim"]: c["provisional"] for c in claims} == {
+        "good >= base": False, "same >= base": False, "base >= good": False,
+        "missing >= base": False, "early >= base": True}
     md = (tmp_path / "analysis.md").read_text()
     assert "| **good >= base**: reproduced |" in md
+    assert "| **early >= base**: reproduced, provisional (1 of 2 seeds) |" in md
+    assert md.count("provisional") == 2  # the claim and its one part
+    assert "missing − base, aa (greater than 0) | best | - | - |" in md  # no seed, not "0" (a seed's name)
     cost = json.loads((tmp_path / "analysis.json").read_text())["cost"]
     assert cost["total_s"] == pytest.approx(2 * (600 + 2 * 120))
     assert "| base | 0 | 30 | 10.0 | 2.0 / 2.0 |" in md
