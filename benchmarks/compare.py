@@ -33,7 +33,10 @@ Every run is a subprocess (``adaptrain train`` then ``adaptrain eval``) with
 ``OMP_NUM_THREADS=--threads``; finished runs and evaluations are skipped, so re-running the
 command resumes an interrupted plan (an interrupted training resumes with ``--resume``).
 When the best checkpoint is the last epoch's, the last checkpoint's evaluation is a copy of the
-best one's (same weights). Results: OUT/NAME.md and OUT/NAME.json (``--name``, default ``results``).
+best one's (same weights). ``--archive DIR`` (e.g. a folder of the repository) copies every
+finished, evaluated run there without its checkpoints and restores from it the runs OUT lacks:
+a plan spread over sessions on machines that keep nothing but the repository loses no result.
+A run that needs another's weights (``after:``) must then train with it in one OUT. Results: OUT/NAME.md and OUT/NAME.json (``--name``, default ``results``).
 """
 
 from __future__ import annotations
@@ -90,14 +93,51 @@ def eval_cmds(d: Path, entry: dict, plan: dict) -> list[list[str]]:
             if not (d / "eval" / f"{which}.json").is_file()]
 
 
+# what a run directory keeps that an archive does not: the weights (MBs per run) and the lock
+ARCHIVE_SKIP = ("checkpoints", ".lock", "tensorboard")
+
+
+def archive_run(d: Path, dest: Path, entry: dict, plan: dict) -> bool:
+    """Copy a finished, fully evaluated run ``d`` to ``dest`` without its checkpoints, replacing
+    an older copy; a reader sees the old copy or the new one, never a half-copied one. False
+    (nothing copied) while training or an evaluation is missing."""
+    if not finished(d) or eval_cmds(d, entry, plan):
+        return False
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(*ARCHIVE_SKIP))
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def restore_runs(archive: Path, out: Path, plan: dict) -> list[str]:
+    """The archived runs of the plan that ``out`` lacks, copied into it (finished and
+    evaluated, without checkpoints); a run ``out`` already has, finished or not, is left as is."""
+    done = []
+    for entry in plan["runs"]:
+        for seed in plan["seeds"]:
+            src, d = run_dir(archive, entry["label"], seed), run_dir(out, entry["label"], seed)
+            if finished(src) and not d.exists():
+                shutil.copytree(src, d)
+                done.append(f"restored {entry['label']} seed {seed} from {archive}")
+    return done
+
+
 _done: dict[tuple[str, int], threading.Event] = {}
 
 
 def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool,
-        stage: str = "all") -> str:
+        stage: str = "all", archive: Path | None = None) -> str:
     d = run_dir(out, entry["label"], seed)
     try:
-        return _job(out, d, entry, seed, plan, threads, dry, stage)
+        msg = _job(out, d, entry, seed, plan, threads, dry, stage)
+        if (archive and not dry and d.is_dir()
+                and archive_run(d, run_dir(archive, entry["label"], seed), entry, plan)):
+            msg += f" (archived in {archive})"
+        return msg
     finally:
         _done.setdefault((entry["label"], seed), threading.Event()).set()
 
@@ -108,17 +148,24 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
     log = out / "logs" / f"{entry['label']}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     dep = entry.get("after")
-    if dep and not dry and stage != "eval":
+    cmds = train_cmds(d, entry, seed, plan, out) if stage != "eval" else []
+    if dep and not dry and cmds:
         # the dependency is an earlier task of this invocation (or finished before it)
         if (dep, seed) in _done:
             _done[(dep, seed)].wait()
         if not finished(run_dir(out, dep, seed)):
             return f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has not finished"
-    cmds = train_cmds(d, entry, seed, plan, out) if stage != "eval" else []
+    if dep and cmds and not (run_dir(out, dep, seed) / "checkpoints").is_dir() and not dry:
+        return (f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has no checkpoints here "
+                f"(restored from an archive?): train both in one output directory")
     if stage == "eval" and not finished(d):
         return f"not evaluated {entry['label']} seed {seed}: training has not finished"
     if stage != "train":
-        cmds += eval_cmds(d, entry, plan)
+        missing = eval_cmds(d, entry, plan)
+        if missing and not cmds and not (d / "checkpoints").is_dir():
+            return (f"not evaluated {entry['label']} seed {seed}: no checkpoints here "
+                    f"(restored from an archive?)")
+        cmds += missing
     which_ckpts = checkpoints({**plan, **entry})
     for cmd in cmds:
         if dry:
@@ -271,12 +318,19 @@ def main() -> None:
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--analyse)")
     p.add_argument("--fixed-seeds", action="store_true",
                    help="--analyse: resample test examples only, holding the seeds fixed")
+    p.add_argument("--archive", type=Path, default=None,
+                   help="copy every finished, evaluated run (without checkpoints) to this directory, "
+                        "and restore from it the runs OUT lacks, so that losing OUT loses no result")
     p.add_argument("--name", default="results",
                    help="tables go to OUT/NAME.md and OUT/NAME.json (plans sharing OUT differ)")
     args = p.parse_args()
     plan = load_plan(args.plan, data_root(args.data_root))
     if args.seeds:
         plan["seeds"] = [int(v) for v in args.seeds.split(",")]
+    if args.archive:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for msg in restore_runs(args.archive, args.out, plan):
+            print(msg, flush=True)
     if args.analyse:
         from analyse import analyse
 
@@ -297,7 +351,7 @@ def main() -> None:
         workers = 1 if args.dry_run else args.workers
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run,
-                                              args.stage), tasks):
+                                              args.stage, args.archive), tasks):
                 print(msg, flush=True)
     if args.dry_run:
         return
