@@ -36,7 +36,8 @@ When the best checkpoint is the last epoch's, the last checkpoint's evaluation i
 best one's (same weights). ``--archive DIR`` (e.g. a folder of the repository) copies every
 finished, evaluated run there without its checkpoints and restores from it the runs OUT lacks:
 a plan spread over sessions on machines that keep nothing but the repository loses no result.
-A run that needs another's weights (``after:``) must then train with it in one OUT. Results: OUT/NAME.md and OUT/NAME.json (``--name``, default ``results``).
+A run that needs another's weights (``after:``) must then train with it in one OUT.
+Results: OUT/NAME.md and OUT/NAME.json (``--name``, default ``results``).
 """
 
 from __future__ import annotations

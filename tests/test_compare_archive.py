@@ -90,3 +90,29 @@ def test_an_unfinished_run_is_not_archived_and_a_newer_archive_replaces_the_olde
     assert cmp.archive_run(run, dest, {"label": "a"}, {"eval": []})
     assert json.loads((dest / "eval" / "best.json").read_text()) == {"new": 1}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["seed0"]  # no temporary left
+
+
+PLANS = sorted((ROOT / "benchmarks" / "plans").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("plan_file", PLANS, ids=[p.stem for p in PLANS])
+def test_every_run_of_every_committed_plan_is_a_valid_config(plan_file, tmp_path):
+    """A typo in a plan is found here, not hours into a study (compare.py plans and bench plans)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare as cmp
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from adaptrain.config import build_config
+
+    plan = cmp.load_plan(plan_file, tmp_path)
+    rows = plan.get("runs", plan.get("rows"))
+    if rows is None:  # a file included by others: only defaults, no runs of its own
+        assert set(plan) <= {"common", "seeds", "eval", "checkpoints", "eval_seed"}, plan_file
+        return
+    for entry in rows:
+        for seed in plan.get("seeds", [0]):
+            over = [o.replace("{out}", str(tmp_path)).replace("{seed}", str(seed))
+                    for o in [*plan.get("common", []), *entry.get("overrides", [])]]
+            cfg = build_config(entry["preset"], [*over, f"seed={seed}"])
+            assert cfg.seed == seed
