@@ -110,10 +110,7 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
         for k, p in enumerate(r["parts"]):
             what = (f"{p['method']} − {p['baseline']}, {p['metric']} ({p['direction']}"
                     + (f" than {p['margin']:+g}" if p.get("margin") else " than 0") + ")")
-            claim = f"**{r['claim']}**: {r['verdict']}" if k == 0 else ""
-            if k == 0 and r["provisional"]:
-                done = min(len(q["seeds"]) for q in r["parts"] if q["provisional"])
-                claim += f", provisional ({done} of {len(plan['seeds'])} seeds)"
+            claim = f"**{r['claim']}**: {verdict_text(r, len(plan['seeds']))}" if k == 0 else ""
             ckpt = p["checkpoint"] + ("" if p["baseline_checkpoint"] == p["checkpoint"]
                                       else f" vs {p['baseline_checkpoint']}")
             if p["verdict"] == NOT_RUN:
@@ -127,7 +124,7 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
                 f"{fmt.format(f * p['hi'])}] | "
                 + ", ".join(fmt.format(f * v) for v in p["per_seed"]) + f" | {p['verdict']}"
                 + (", provisional |" if p["provisional"] else " |"))
-    figures(out, plan, results)
+    figures(out, plan, results, len(plan["seeds"]))
     cost_md, cost = costs(out, plan)
     return ("\n".join(lines) + "\n\n" + cost_md,
             {"n_boot": n_boot, "resample_seeds": resample_seeds, "claims": results, "cost": cost})
@@ -171,7 +168,15 @@ def same_epoch(summary: dict) -> bool:
         "epochs_completed")
 
 
-def figures(out: Path, plan: dict, results: list[dict]) -> None:
+def verdict_text(r: dict, n_seeds: int) -> str:
+    """A claim's or a part's verdict, marked provisional with the seeds it rests on."""
+    if not r["provisional"]:
+        return r["verdict"]
+    done = min(len(q["seeds"]) for q in r.get("parts", [r]) if q["provisional"])
+    return f"{r['verdict']}, provisional ({done} of {n_seeds} seeds)"
+
+
+def figures(out: Path, plan: dict, results: list[dict], n_seeds: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,7 +202,7 @@ def figures(out: Path, plan: dict, results: list[dict]) -> None:
             ax.set_yticks([*ys, y_all], [*(f"seed {s}" for s in p["seeds"]), "pooled"])
             ax.set_ylim(-0.7, y_all + 0.7)
             ax.set_title(f"{p['method']} − {p['baseline']}: {p['metric']} ({p['checkpoint']}), "
-                         f"{p['verdict']}", fontsize=9)
+                         f"{verdict_text(p, n_seeds)}", fontsize=9)
             ax.set_xlabel("difference (points)" if unit else "difference (RD units)", fontsize=8)
             ax.grid(alpha=0.3, axis="x")
         fig.suptitle(textwrap.fill(r["claim"], 70), fontsize=10)

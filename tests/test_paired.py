@@ -206,3 +206,17 @@ def test_compare_fills_run_references_and_stages_the_work(tmp_path):
     assert len(evals) == 3  # clean: best and last; ft: its own checkpoints and attacks
     assert evals[-1].endswith("--checkpoint last --quiet --seed 0 --attacks clean,pgd-20")
     assert dry("--stage", "eval") == []  # nothing has finished training
+
+
+def test_a_figure_part_on_fewer_seeds_than_planned_says_provisional():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from analyse import verdict_text
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    part = {"verdict": "not resolved", "seeds": [0], "provisional": True}
+    assert verdict_text(part, 3) == "not resolved, provisional (1 of 3 seeds)"
+    assert verdict_text({**part, "seeds": [0, 1, 2], "provisional": False}, 3) == "not resolved"
+    claim = {"verdict": "reproduced", "provisional": True,
+             "parts": [{**part, "seeds": [0, 1]}, {**part, "seeds": [0, 1, 2], "provisional": False}]}
+    assert verdict_text(claim, 3) == "reproduced, provisional (2 of 3 seeds)"
