@@ -98,15 +98,32 @@ def eval_cmds(d: Path, entry: dict, plan: dict) -> list[list[str]]:
 ARCHIVE_SKIP = ("checkpoints", ".lock", "tensorboard")
 
 
-def archive_run(d: Path, dest: Path, entry: dict, plan: dict) -> bool:
+def code_version() -> str:
+    """The commit of the code the subprocesses run (this checkout), "+changes" when its package
+    or benchmarks differ from the commit; "unknown" outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src",
+                                "benchmarks/compare.py"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty.strip() else "")
+
+
+def archive_run(d: Path, dest: Path, entry: dict, plan: dict, log: Path | None = None) -> bool:
     """Copy a finished, fully evaluated run ``d`` to ``dest`` without its checkpoints, replacing
-    an older copy; a reader sees the old copy or the new one, never a half-copied one. False
+    an older copy; a reader sees the old copy or the new one (for an instant neither), never a
+    half-copied one; the driver's log of the run goes with it (compare.log). False
     (nothing copied) while training or an evaluation is missing."""
     if not finished(d) or eval_cmds(d, entry, plan):
         return False
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(*ARCHIVE_SKIP))
+    if log is not None and log.is_file():  # the commands, their code version and output
+        shutil.copyfile(log, tmp / "compare.log")
     if dest.exists():
         dest.rename(old)
     tmp.rename(dest)
@@ -136,7 +153,8 @@ def job(out: Path, entry: dict, seed: int, plan: dict, threads: int, dry: bool,
     try:
         msg = _job(out, d, entry, seed, plan, threads, dry, stage)
         if (archive and not dry and d.is_dir()
-                and archive_run(d, run_dir(archive, entry["label"], seed), entry, plan)):
+                and archive_run(d, run_dir(archive, entry["label"], seed), entry, plan,
+                                out / "logs" / f"{entry['label']}-seed{seed}.log")):
             msg += f" (archived in {archive})"
         return msg
     finally:
@@ -178,7 +196,8 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
             continue
         t0 = time.time()
         with open(log, "a") as fh:
-            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, adaptrain at {code_version()}\n"
+                     f"$ {' '.join(cmd)}\n")
             fh.flush()
             proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
