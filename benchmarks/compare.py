@@ -95,7 +95,7 @@ def eval_cmds(d: Path, entry: dict, plan: dict) -> list[list[str]]:
 
 
 # what a run directory keeps that an archive does not: the weights (MBs per run) and the lock
-ARCHIVE_SKIP = ("checkpoints", ".lock", "tensorboard")
+ARCHIVE_SKIP = ("checkpoints", "*.lock", "tensorboard")
 
 
 def code_version() -> str:

@@ -45,7 +45,8 @@ def test_archived_runs_survive_the_loss_of_the_output_directory(tmp_path):
     assert json.loads((kept / "summary.json").read_text())["finished"]
     assert {"best.json", "last.json"} <= {f.name for f in (kept / "eval").iterdir()}
     assert (kept / "metrics.csv").is_file() and (kept / "config.yaml").is_file()
-    assert not (kept / "checkpoints").exists() and not (kept / ".lock").exists()
+    assert not (kept / "checkpoints").exists()
+    assert not [p for p in kept.rglob("*.lock")]  # the run's and each evaluation's lock
     log = (kept / "compare.log").read_text()  # what ran, with which code
     assert "adaptrain at " in log and " train quickstart-clean " in log and " eval " in log
     assert (out / "clean" / "seed0" / "checkpoints").is_dir()  # the output keeps them
