@@ -11,6 +11,20 @@ X86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {extra}\nbogomips\t: 4890\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd {extra} sve\n"
 
 
+@pytest.fixture(autouse=True)
+def _auto_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)  # the suite pins fp32 (conftest.py)
+
+
+def test_the_environment_can_keep_auto_in_fp32_on_bf16_hardware(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert precision.use_amp("auto", cpu) and precision.use_channels_last("auto", cpu)
+    monkeypatch.setenv(precision.AUTO_ENV, "0")
+    assert not precision.use_amp("auto", cpu) and not precision.use_channels_last("auto", cpu)
+    assert precision.use_amp("bf16", cpu) and precision.use_channels_last("on", cpu)
+
+
 def test_cpu_flags_reads_x86_and_arm_feature_lines():
     assert {"avx2", "avx512_bf16"} <= precision.cpu_flags(X86.format(extra="avx512_bf16"))
     assert "bf16" in precision.cpu_flags(ARM.format(extra="bf16"))

@@ -12,6 +12,7 @@ the same decision: it is the layout oneDNN's and cuDNN's bf16 convolutions prefe
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -60,11 +61,21 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+# "0": ``auto`` keeps fp32 on every machine, so that fp32 results (golden values, exact
+# agreements in the test suite) reproduce on bf16 hardware too; explicit settings still win
+AUTO_ENV = "ADAPTRAIN_AUTO_BF16"
+
+
+def auto_bf16(device: torch.device) -> bool:
+    """What ``auto`` becomes on ``device``: native bf16, unless $ADAPTRAIN_AUTO_BF16 is 0."""
+    return os.environ.get(AUTO_ENV, "1") != "0" and native_bf16(device)
+
+
 def use_amp(setting: str, device: torch.device) -> bool:
     """``amp`` setting (auto | bf16 | off) -> whether training forwards run under bf16 autocast."""
-    return setting == "bf16" or (setting == "auto" and native_bf16(device))
+    return setting == "bf16" or (setting == "auto" and auto_bf16(device))
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """``channels_last`` setting (auto | on | off) -> whether the model uses that layout."""
-    return setting == "on" or (setting == "auto" and native_bf16(device))
+    return setting == "on" or (setting == "auto" and auto_bf16(device))
