@@ -188,7 +188,7 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
     which_ckpts = checkpoints({**plan, **entry})
     for cmd in cmds:
         if dry:
-            print(" ".join(cmd))
+            print(" ".join(cmd) + "\n", end="", flush=True)  # one write: the main thread prints too
             continue
         if ("--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last"
                 and "best" in which_ckpts and same_weights(d)):
@@ -372,7 +372,7 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for msg in pool.map(lambda t: job(args.out, t[0], t[1], plan, args.threads, args.dry_run,
                                               args.stage, args.archive), tasks):
-                print(msg, flush=True)
+                print(msg + "\n", end="", flush=True)
     if args.dry_run:
         return
     md, data = collect(args.out, plan)
