@@ -174,9 +174,9 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
             _done[(dep, seed)].wait()
         if not finished(run_dir(out, dep, seed)):
             return f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has not finished"
-    if dep and cmds and not (run_dir(out, dep, seed) / "checkpoints").is_dir() and not dry:
-        return (f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has no checkpoints here "
-                f"(restored from an archive?): train both in one output directory")
+        if not (run_dir(out, dep, seed) / "checkpoints").is_dir():
+            return (f"SKIPPED {entry['label']} seed {seed}: {dep} seed {seed} has no checkpoints here "
+                    f"(restored from an archive?): train both in one output directory")
     if stage == "eval" and not finished(d):
         return f"not evaluated {entry['label']} seed {seed}: training has not finished"
     if stage != "train":
