@@ -212,3 +212,24 @@ def test_batchnorm_statistics_of_the_model_and_its_average_agree_on_every_rank(t
         # the shards gave the ranks different statistics: the broadcast had work to do
         assert any(not torch.equal(a, b) for a, b in zip(pre0[net], pre1[net], strict=True))
         assert all(torch.equal(a, b) for a, b in zip(post0[net], post1[net], strict=True)), net
+
+
+def test_a_rank_leaves_the_process_group_before_the_interpreter_ends(tmp_path):
+    """A gloo group still alive at interpreter shutdown can abort a rank (SIGABRT): its worker
+    threads free tensors that need the GIL while Python is being torn down. Whoever joins the
+    group (``World.from_env``) also leaves it at exit, while Python is whole."""
+    script = tmp_path / "join.py"
+    script.write_text(
+        "import atexit\n"
+        "import torch.distributed as dist\n"
+        "from adaptrain.distributed import World\n"
+        "# registered before World's own handler, so it runs after it\n"
+        "atexit.register(lambda: print('in group at exit:', dist.is_initialized(), flush=True))\n"
+        "world = World.from_env('cpu')\n"
+        "world.barrier()\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("in group at exit: False") == 2, done.stdout

@@ -13,6 +13,7 @@ Design (what is reduced where, and why): docs/distributed.md.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Iterable
@@ -59,6 +60,9 @@ class World:
                 torch.cuda.set_device(world.local_rank)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT,
                                     **_attempt_store(world))
+            # leave while Python is whole: a group alive at interpreter shutdown can abort the
+            # rank (gloo's threads free tensors that need the GIL as Python is torn down)
+            atexit.register(world.close)
         return world
 
     def device(self, name: str) -> str:
