@@ -15,7 +15,8 @@ Called by ``compare.py PLAN --out OUT --analyse``. A plan lists its claims:
 ``metric``: a key of the eval JSON's per-example ``correct`` (clean, pgd-20, cw-20, aa,
 aa/apgd-ce, worst_case, ...), ``rd`` (each example's share of the robustness disparity), or
 ``gap:<key>`` (best minus last checkpoint, per example). ``checkpoint`` (default best) and
-``baseline_checkpoint`` (default: the same) pick the evaluated checkpoints. Pairs are formed
+``baseline_checkpoint`` (default: the same) pick the evaluated checkpoints; ``eval: NAME`` a
+run's named extra evaluation (compare.py's ``extra_evals``) instead of the plan's. Pairs are formed
 over the seeds both runs have; a part with none is "not run", a part with fewer seeds than
 the plan's is "provisional" (its interval cannot hold the seed-to-seed variation it has not
 seen; a claim is provisional when any of its parts is). The statistics are
@@ -40,23 +41,26 @@ from adaptrain import paired
 NOT_RUN = "not run"
 
 
-def _eval(out: Path, label: str, seed: int, which: str) -> dict | None:
-    f = out / label / f"seed{seed}" / "eval" / f"{which}.json"
+def _eval(out: Path, label: str, seed: int, which: str, name: str = "") -> dict | None:
+    f = out / label / f"seed{seed}" / "eval" / (f"{which}-{name}.json" if name else f"{which}.json")
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def per_example(out: Path, label: str, seed: int, metric: str, which: str) -> np.ndarray | None:
-    """(N,) the per-example quantity of ``metric`` for one run, or None when not evaluated."""
+def per_example(out: Path, label: str, seed: int, metric: str, which: str, name: str = ""
+                ) -> np.ndarray | None:
+    """(N,) the per-example quantity of ``metric`` for one run, or None when not evaluated;
+    ``name``: a named extra evaluation (``eval/<which>-<name>.json``) instead of the plan's."""
     if metric.startswith("gap:"):
-        best, last = (per_example(out, label, seed, metric[4:], w) for w in ("best", "last"))
+        best, last = (per_example(out, label, seed, metric[4:], w, name) for w in ("best", "last"))
         return None if best is None or last is None else best - last
-    doc = _eval(out, label, seed, which)
+    doc = _eval(out, label, seed, which, name)
     if doc is None:
         return None
     if metric == "rd":
         return paired.rd_per_example(doc["curve"]) if doc.get("curve") else None
     if metric not in doc.get("correct", {}):
-        raise SystemExit(f"claims: metric {metric!r} is not in {label} seed {seed}'s {which}.json "
+        raise SystemExit(f"claims: metric {metric!r} is not in {label} seed {seed}'s "
+                         f"{which}{'-' + name if name else ''}.json "
                          f"(it has {sorted(doc.get('correct', {}))})")
     return paired.outcomes(doc["correct"][metric])
 
@@ -65,10 +69,11 @@ def test_part(out: Path, seeds: list[int], part: dict, n_boot: int, resample_see
               ) -> dict[str, Any]:
     which = part.get("checkpoint", "best")
     base_which = part.get("baseline_checkpoint", which)
+    name = str(part.get("eval", ""))
     rows, used = [], []
     for seed in seeds:
-        m = per_example(out, part["method"], seed, part["metric"], which)
-        b = per_example(out, part["baseline"], seed, part["metric"], base_which)
+        m = per_example(out, part["method"], seed, part["metric"], which, name)
+        b = per_example(out, part["baseline"], seed, part["metric"], base_which, name)
         if m is None or b is None:
             continue
         if m.shape != b.shape:
@@ -108,7 +113,8 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for k, p in enumerate(r["parts"]):
-            what = (f"{p['method']} − {p['baseline']}, {p['metric']} ({p['direction']}"
+            what = (f"{p['method']} − {p['baseline']}, {p['metric']}"
+                    + (f" on eval {p['eval']}" if p.get("eval") else "") + f" ({p['direction']}"
                     + (f" than {p['margin']:+g}" if p.get("margin") else " than 0") + ")")
             claim = f"**{r['claim']}**: {verdict_text(r, len(plan['seeds']))}" if k == 0 else ""
             ckpt = p["checkpoint"] + ("" if p["baseline_checkpoint"] == p["checkpoint"]
@@ -132,7 +138,8 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
 
 def costs(out: Path, plan: dict) -> tuple[str, dict]:
     """Wall time per run: training (summary.json, resumed pieces summed) and each evaluation
-    (the eval JSON's provenance); a copied evaluation (best = last) costs nothing."""
+    (the eval JSON's provenance): the plan's of the best and last checkpoints, and the named
+    extra ones together ("other"); a copied evaluation (best = last) costs nothing."""
     rows, cost, total = [], {}, 0.0
     for entry in plan["runs"]:
         for seed in plan["seeds"]:
@@ -145,22 +152,34 @@ def costs(out: Path, plan: dict) -> tuple[str, dict]:
             for which in ("best", "last"):
                 doc = _eval(out, entry["label"], seed, which)
                 if doc is not None:
-                    evals[which] = float(doc.get("provenance", {}).get("wall_time_s") or 0.0)
+                    evals[which] = _wall(doc)
             if evals.get("last") == evals.get("best") and "last" in evals and same_epoch(summary):
                 evals["last"] = 0.0  # compare.py copied the best checkpoint's evaluation
+            other = sorted(f.stem for f in (d / "eval").glob("*-*.json"))  # the named extra ones
+            extra_s = {stem: _wall(json.loads((d / "eval" / f"{stem}.json").read_text()))
+                       for stem in other}
+            for stem in other:  # a copy of best-NAME as last-NAME (same epoch) costs nothing
+                best_stem = "best-" + stem.removeprefix("last-")
+                if stem.startswith("last-") and extra_s.get(best_stem) == extra_s[stem]:
+                    extra_s[stem] = 0.0
             cost[f"{entry['label']}/seed{seed}"] = {
                 "train_s": train_s, "epochs": summary.get("epochs_completed"),
-                "finished": bool(summary.get("finished")), "eval_s": evals}
-            total += train_s + sum(evals.values())
+                "finished": bool(summary.get("finished")), "eval_s": {**evals, **extra_s}}
+            total += train_s + sum(evals.values()) + sum(extra_s.values())
             rows.append(f"| {entry['label']} | {seed} | {summary.get('epochs_completed')}"
                         f"{'' if summary.get('finished') else ' (running)'} | {train_s / 60:.1f} | "
                         + " / ".join(f"{evals[w] / 60:.1f}" if w in evals else "-"
-                                     for w in ("best", "last")) + " |")
-    head = ["| run | seed | epochs | training (min) | evaluation best / last (min) |",
-            "|---|---|---|---|---|"]
+                                     for w in ("best", "last"))
+                        + (f" | {sum(extra_s.values()) / 60:.1f} |" if extra_s else " | - |"))
+    head = ["| run | seed | epochs | training (min) | evaluation best / last (min) "
+            "| other evaluations (min) |", "|---|---|---|---|---|---|"]
     md = "\n".join([*head, *rows, "", f"Total: {total / 3600:.2f} h of wall time "
                      "(processes of one thread each: as many CPU-hours)."])
     return md, {"runs": cost, "total_s": total}
+
+
+def _wall(doc: dict) -> float:
+    return float(doc.get("provenance", {}).get("wall_time_s") or 0.0)
 
 
 def same_epoch(summary: dict) -> bool:
@@ -201,7 +220,8 @@ def figures(out: Path, plan: dict, results: list[dict], n_seeds: int) -> None:
             ax.axvline(f * float(p.get("margin", 0.0)), color="red", lw=1)
             ax.set_yticks([*ys, y_all], [*(f"seed {s}" for s in p["seeds"]), "pooled"])
             ax.set_ylim(-0.7, y_all + 0.7)
-            ax.set_title(f"{p['method']} − {p['baseline']}: {p['metric']} ({p['checkpoint']}), "
+            on = f", eval {p['eval']}" if p.get("eval") else ""
+            ax.set_title(f"{p['method']} − {p['baseline']}: {p['metric']} ({p['checkpoint']}{on}), "
                          f"{verdict_text(p, n_seeds)}", fontsize=9)
             ax.set_xlabel("difference (points)" if unit else "difference (RD units)", fontsize=8)
             ax.grid(alpha=0.3, axis="x")

@@ -14,7 +14,9 @@ A plan is a YAML file:
       - {label: ecas, preset: ecas-ablation-cyclic-entropy, overrides: [strategy.steps=10]}
       - {label: dra, preset: dra-finetune, after: clean,      # waits for clean/seedN to finish
          overrides: ["init_from={out}/clean/seed{seed}"],     # {out}, {seed}: this plan's
-         eval: [--attacks, "clean,pgd-20", --eps, 2/255], checkpoints: [last]}  # per-run eval
+         eval: [--attacks, "clean,pgd-20", --eps, 2/255], checkpoints: [last],  # per-run eval
+         extra_evals: [{name: n10000, args: [--attacks, "clean,pgd-20", --eps, 2/255,
+                                             --n, "10000"]}]}  # -> eval/last-n10000.json
 
 Usage (from the repository root):
 
@@ -52,6 +54,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -85,13 +88,43 @@ def train_cmds(d: Path, entry: dict, seed: int, plan: dict, out: Path | None = N
     return [[*adaptrain_cmd(), "train", entry["preset"], *over, "--out", str(d), "--quiet"]]
 
 
-def eval_cmds(d: Path, entry: dict, plan: dict) -> list[list[str]]:
-    """The evaluations of run ``d`` that are missing (an entry's own ``eval`` / ``checkpoints``
-    replace the plan's)."""
-    return [[*adaptrain_cmd(), "eval", str(d), "--checkpoint", which, "--quiet",
-             "--seed", str(plan.get("eval_seed", 0)), *entry.get("eval", plan.get("eval", []))]
-            for which in checkpoints({**plan, **entry})
-            if not (d / "eval" / f"{which}.json").is_file()]
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a run: a checkpoint, the eval arguments, and the file it writes,
+    ``eval/<which>.json`` for the plan's evaluation, ``eval/<which>-<name>.json`` for a named
+    extra one."""
+
+    which: str  # best | last
+    args: tuple[str, ...]
+    name: str = ""
+
+    def path(self, d: Path) -> Path:
+        return d / "eval" / (f"{self.which}-{self.name}.json" if self.name else f"{self.which}.json")
+
+    def cmd(self, d: Path, plan: dict) -> list[str]:
+        out = ["--out", str(self.path(d))] if self.name else []  # the plan's: eval's own default
+        return [*adaptrain_cmd(), "eval", str(d), "--checkpoint", self.which, "--quiet",
+                "--seed", str(plan.get("eval_seed", 0)), *self.args, *out]
+
+
+def evaluations(entry: dict, plan: dict) -> list[Evaluation]:
+    """Every evaluation of a run: the plan's ``eval`` on its ``checkpoints`` (an entry's own
+    replace them), then the entry's ``extra_evals``, each ``{name, args, checkpoints}``
+    (checkpoints default to the entry's), e.g. the same attacks on more test images."""
+    own = {**plan, **entry}
+    evals = [Evaluation(w, tuple(own.get("eval", []))) for w in checkpoints(own)]
+    for extra in entry.get("extra_evals", []):
+        if not str(extra.get("name", "")).replace("-", "").isalnum() or "args" not in extra:
+            raise SystemExit(f"run {entry['label']}: each of 'extra_evals' needs a name "
+                             f"(letters, digits, -) and args, got {extra}")
+        evals += [Evaluation(w, tuple(extra["args"]), str(extra["name"]))
+                  for w in checkpoints({**own, **extra})]
+    return evals
+
+
+def missing_evals(d: Path, entry: dict, plan: dict) -> list[Evaluation]:
+    """The evaluations of run ``d`` whose file does not exist yet."""
+    return [e for e in evaluations(entry, plan) if not e.path(d).is_file()]
 
 
 # what a run directory keeps that an archive does not: the weights (MBs per run) and the lock
@@ -117,7 +150,7 @@ def archive_run(d: Path, dest: Path, entry: dict, plan: dict, log: Path | None =
     an older copy; a reader sees the old copy or the new one (for an instant neither), never a
     half-copied one; the driver's log of the run goes with it (compare.log). False
     (nothing copied) while training or an evaluation is missing."""
-    if not finished(d) or eval_cmds(d, entry, plan):
+    if not finished(d) or missing_evals(d, entry, plan):
         return False
     tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -167,7 +200,7 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
     log = out / "logs" / f"{entry['label']}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     dep = entry.get("after")
-    cmds = train_cmds(d, entry, seed, plan, out) if stage != "eval" else []
+    cmds: list = train_cmds(d, entry, seed, plan, out) if stage != "eval" else []
     if dep and not dry and cmds:
         # the dependency is an earlier task of this invocation (or finished before it)
         if (dep, seed) in _done:
@@ -180,20 +213,21 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
     if stage == "eval" and not finished(d):
         return f"not evaluated {entry['label']} seed {seed}: training has not finished"
     if stage != "train":
-        missing = eval_cmds(d, entry, plan)
+        missing = missing_evals(d, entry, plan)
         if missing and not cmds and not (d / "checkpoints").is_dir():
             return (f"not evaluated {entry['label']} seed {seed}: no checkpoints here "
                     f"(restored from an archive?)")
         cmds += missing
-    which_ckpts = checkpoints({**plan, **entry})
-    for cmd in cmds:
+    for task in cmds:
+        cmd = task.cmd(d, plan) if isinstance(task, Evaluation) else task
         if dry:
             print(" ".join(cmd) + "\n", end="", flush=True)  # one write: the main thread prints too
             continue
-        if ("--checkpoint" in cmd and cmd[cmd.index("--checkpoint") + 1] == "last"
-                and "best" in which_ckpts and same_weights(d)):
-            shutil.copyfile(d / "eval" / "best.json", d / "eval" / "last.json")  # best is the last epoch
-            continue
+        if isinstance(task, Evaluation) and task.which == "last":
+            best = Evaluation("best", task.args, task.name)
+            if best in evaluations(entry, plan) and same_weights(d, best.path(d)):
+                shutil.copyfile(best.path(d), task.path(d))  # the best checkpoint is the last epoch's
+                continue
         t0 = time.time()
         with open(log, "a") as fh:
             fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, adaptrain at {code_version()}\n"
@@ -202,7 +236,8 @@ def _job(out: Path, d: Path, entry: dict, seed: int, plan: dict, threads: int, d
             proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             return f"FAILED ({proc.returncode}) {entry['label']} seed {seed}: see {log}"
-        print(f"done {entry['label']} seed {seed}: {cmd[3]} ({time.time() - t0:.0f} s)", flush=True)
+        what = f"eval {task.path(d).stem}" if isinstance(task, Evaluation) else cmd[3]
+        print(f"done {entry['label']} seed {seed}: {what} ({time.time() - t0:.0f} s)", flush=True)
     return f"ok {entry['label']} seed {seed}"
 
 
@@ -214,11 +249,12 @@ def checkpoints(plan: dict) -> list[str]:
     return which
 
 
-def same_weights(d: Path) -> bool:
-    """The best checkpoint is the last epoch's and its evaluation exists: nothing to redo."""
+def same_weights(d: Path, best_eval: Path) -> bool:
+    """The best checkpoint is the last epoch's and its evaluation ``best_eval`` exists: the last
+    checkpoint's is the same."""
     s = json.loads((d / "summary.json").read_text())
     return (s.get("best_epoch") is not None and s.get("best_epoch") == s.get("epochs_completed")
-            and (d / "eval" / "best.json").is_file())
+            and best_eval.is_file())
 
 
 def mean_std(values: list[float]) -> str:

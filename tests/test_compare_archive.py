@@ -30,7 +30,9 @@ def compare(plan_file: Path, out: Path, *extra: str) -> subprocess.CompletedProc
 def test_archived_runs_survive_the_loss_of_the_output_directory(tmp_path):
     plan = {"seeds": [0], "common": ["epochs=1", "data.val_size=60"],
             "eval": ["--attacks", "clean,pgd-20", "--n", "60"],
-            "runs": [{"label": "clean", "preset": "quickstart-clean"},
+            "runs": [{"label": "clean", "preset": "quickstart-clean",
+                      # a named second evaluation: the same attack on more test images
+                      "extra_evals": [{"name": "n80", "args": ["--attacks", "clean", "--n", "80"]}]},
                      {"label": "ft", "preset": "dra-finetune-mnist", "after": "clean",
                       "overrides": ["init_from={out}/clean/seed{seed}"], "checkpoints": ["last"]}],
             "claims": [{"claim": "ft >= clean", "parts": [
@@ -43,12 +45,19 @@ def test_archived_runs_survive_the_loss_of_the_output_directory(tmp_path):
     compare(plan_file, out, "--archive", str(archive), "--only", "clean")
     kept = archive / "clean" / "seed0"
     assert json.loads((kept / "summary.json").read_text())["finished"]
-    assert {"best.json", "last.json"} <= {f.name for f in (kept / "eval").iterdir()}
+    assert {"best.json", "last.json", "best-n80.json", "last-n80.json"} <= {
+        f.name for f in (kept / "eval").iterdir()}
+    assert json.loads((kept / "eval" / "best-n80.json").read_text())["n_examples"] == 80
+    # one epoch: the best checkpoint is the last, so its evaluations are copied, not rerun
+    assert ((kept / "eval" / "last-n80.json").read_bytes()
+            == (kept / "eval" / "best-n80.json").read_bytes())
     assert (kept / "metrics.csv").is_file() and (kept / "config.yaml").is_file()
     assert not (kept / "checkpoints").exists()
     assert not [p for p in kept.rglob("*.lock")]  # the run's and each evaluation's lock
     log = (kept / "compare.log").read_text()  # what ran, with which code
     assert "adaptrain at " in log and " train quickstart-clean " in log and " eval " in log
+    assert f"--n 80 --out {out / 'clean' / 'seed0' / 'eval' / 'best-n80.json'}" in log
+    assert "--checkpoint last" not in log
     assert (out / "clean" / "seed0" / "checkpoints").is_dir()  # the output keeps them
 
     shutil.rmtree(out)  # the machine is gone; the archive (in the repository) is not
@@ -92,6 +101,12 @@ def test_an_unfinished_run_is_not_archived_and_a_newer_archive_replaces_the_olde
     (run / "eval" / "best.json").write_text('{"new": 1}')
     assert cmp.archive_run(run, dest, {"label": "a"}, {"eval": []})
     assert json.loads((dest / "eval" / "best.json").read_text()) == {"new": 1}
+    extra = {"label": "a", "extra_evals": [{"name": "n10000", "args": ["--n", "10000"],
+                                            "checkpoints": ["best"]}]}
+    assert not cmp.archive_run(run, dest, extra, {"eval": []})  # its named evaluation is missing
+    (run / "eval" / "best-n10000.json").write_text("{}")
+    assert cmp.archive_run(run, dest, extra, {"eval": []})
+    assert (dest / "eval" / "best-n10000.json").is_file()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["seed0"]  # no temporary left
 
 

@@ -220,3 +220,67 @@ def test_a_figure_part_on_fewer_seeds_than_planned_says_provisional():
     claim = {"verdict": "reproduced", "provisional": True,
              "parts": [{**part, "seeds": [0, 1]}, {**part, "seeds": [0, 1, 2], "provisional": False}]}
     assert verdict_text(claim, 3) == "reproduced, provisional (2 of 3 seeds)"
+
+
+def test_a_claim_on_a_named_extra_evaluation_reads_that_evaluation_and_counts_its_cost(tmp_path):
+    rng = np.random.default_rng(6)
+    for s in (0, 1):
+        base_small = rng.random(300) < 0.5
+        base_big = rng.random(3000) < 0.5
+        _write_eval(tmp_path / "base" / f"seed{s}", "best", {"clean": base_small})
+        _write_eval(tmp_path / "good" / f"seed{s}", "best", {"clean": base_small})  # no change
+        _write_eval(tmp_path / "base" / f"seed{s}", "best-n3000", {"clean": base_big})
+        _write_eval(tmp_path / "good" / f"seed{s}", "best-n3000",  # 10 points more
+                    {"clean": base_big | (rng.random(3000) < 0.2)})
+        run = tmp_path / "good" / f"seed{s}"
+        (run / "summary.json").write_text(json.dumps(
+            {"wall_time_s": 60.0, "epochs_completed": 2, "best_epoch": 1, "finished": True}))
+        f = run / "eval" / "best-n3000.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "provenance": {"wall_time_s": 30.0}}))
+    part = {"method": "good", "baseline": "base", "metric": "clean", "direction": "greater"}
+    plan = {"seeds": [0, 1], "runs": [{"label": "good", "preset": "pgd-at"}],
+            "claims": [{"claim": "plan's evaluation", "parts": [part]},
+                       {"claim": "on 3,000 images", "parts": [{**part, "eval": "n3000"}]}]}
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
+                           "--out", str(tmp_path), "--analyse", "--n-boot", "1000"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "analysis.json").read_text())
+    small, big = (c["parts"][0] for c in doc["claims"])
+    assert small["mean"] == 0 and small["examples"] == 300
+    assert big["examples"] == 3000 and big["verdict"] == "reproduced"
+    assert big["mean"] == pytest.approx(np.mean([
+        paired.outcomes(json.loads((tmp_path / r / f"seed{s}" / "eval" / "best-n3000.json")
+                                   .read_text())["correct"]["clean"]).mean() * sign
+        for s in (0, 1) for r, sign in (("good", 1), ("base", -1))]) * 2)
+    md = (tmp_path / "analysis.md").read_text()
+    assert "good − base, clean on eval n3000 (greater than 0)" in md
+    assert doc["cost"]["total_s"] == pytest.approx(2 * (60 + 30))
+    assert "| good | 0 | 2 | 1.0 | 0.0 / - | 0.5 |" in md  # best.json: no time recorded
+
+
+def test_a_dry_run_lists_a_named_extra_evaluation_with_its_own_file(tmp_path):
+    plan = {"seeds": [0], "eval": ["--attacks", "clean"],
+            "runs": [{"label": "a", "preset": "quickstart-clean", "checkpoints": ["last"],
+                      "extra_evals": [{"name": "n10000", "args": ["--n", "10000"],
+                                       "checkpoints": ["best"]}]}]}
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
+                           "--out", str(out), "--dry-run"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    evals = [ln for ln in proc.stdout.splitlines() if " eval " in ln]
+    assert len(evals) == 2
+    assert evals[0].endswith("--checkpoint last --quiet --seed 0 --attacks clean")
+    assert evals[1].endswith(f"--checkpoint best --quiet --seed 0 --n 10000 --out "
+                             f"{out / 'a' / 'seed0' / 'eval' / 'best-n10000.json'}")
+    plan["runs"][0]["extra_evals"] = [{"name": "bad/name", "args": []}]
+    plan_file.write_text(yaml.safe_dump(plan))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
+                           "--out", str(out), "--dry-run"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "run a: each of 'extra_evals' needs a name" in proc.stderr
