@@ -117,6 +117,13 @@ def _write_eval(run: Path, which: str, correct: dict[str, np.ndarray]) -> None:
     (run / "eval" / f"{which}.json").write_text(json.dumps(doc))
 
 
+def compare(plan: dict, plan_file: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``compare.py`` on ``plan`` (written to ``plan_file``) with output ``out``."""
+    plan_file.write_text(yaml.safe_dump(plan))
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
+                           "--out", str(out), *extra], capture_output=True, text=True, timeout=300)
+
+
 def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_path):
     rng = np.random.default_rng(5)
     n, seeds = 600, [0, 1]
@@ -154,11 +161,7 @@ def test_compare_analyse_gives_the_verdicts_the_synthetic_evaluations_imply(tmp_
                 {"claim": "early >= base", "parts": [
                     {"method": "early", "baseline": "base", "metric": "aa",
                      "direction": "greater"}]}]}
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
-                           "--out", str(tmp_path), "--analyse", "--n-boot", "1000"],
-                          capture_output=True, text=True, timeout=300)
+    proc = compare(plan, tmp_path / "plan.yaml", tmp_path, "--analyse", "--n-boot", "1000")
     assert proc.returncode == 0, proc.stderr
     claims = json.loads((tmp_path / "analysis.json").read_text())["claims"]
     verdicts = {c["claim"]: c["verdict"] for c in claims}
@@ -187,14 +190,10 @@ def test_compare_fills_run_references_and_stages_the_work(tmp_path):
                      {"label": "ft", "preset": "dra-finetune-mnist", "after": "clean",
                       "overrides": ["init_from={out}/clean/seed{seed}"],
                       "eval": ["--attacks", "clean,pgd-20"], "checkpoints": ["last"]}]}
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
     out = tmp_path / "out"
 
     def dry(*extra: str) -> list[str]:
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"),
-                               str(plan_file), "--out", str(out), "--dry-run", *extra],
-                              capture_output=True, text=True, timeout=120)
+        proc = compare(plan, tmp_path / "plan.yaml", out, "--dry-run", *extra)
         assert proc.returncode == 0, proc.stderr
         return [ln for ln in proc.stdout.splitlines() if "adaptrain.cli" in ln]
 
@@ -241,11 +240,7 @@ def test_a_claim_on_a_named_extra_evaluation_reads_that_evaluation_and_counts_it
     plan = {"seeds": [0, 1], "runs": [{"label": "good", "preset": "pgd-at"}],
             "claims": [{"claim": "plan's evaluation", "parts": [part]},
                        {"claim": "on 3,000 images", "parts": [{**part, "eval": "n3000"}]}]}
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
-                           "--out", str(tmp_path), "--analyse", "--n-boot", "1000"],
-                          capture_output=True, text=True, timeout=300)
+    proc = compare(plan, tmp_path / "plan.yaml", tmp_path, "--analyse", "--n-boot", "1000")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "analysis.json").read_text())
     small, big = (c["parts"][0] for c in doc["claims"])
@@ -266,12 +261,8 @@ def test_a_dry_run_lists_a_named_extra_evaluation_with_its_own_file(tmp_path):
             "runs": [{"label": "a", "preset": "quickstart-clean", "checkpoints": ["last"],
                       "extra_evals": [{"name": "n10000", "args": ["--n", "10000"],
                                        "checkpoints": ["best"]}]}]}
-    plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump(plan))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
-                           "--out", str(out), "--dry-run"], capture_output=True, text=True,
-                          timeout=120)
+    proc = compare(plan, tmp_path / "plan.yaml", out, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     evals = [ln for ln in proc.stdout.splitlines() if " eval " in ln]
     assert len(evals) == 2
@@ -279,8 +270,5 @@ def test_a_dry_run_lists_a_named_extra_evaluation_with_its_own_file(tmp_path):
     assert evals[1].endswith(f"--checkpoint best --quiet --seed 0 --n 10000 --out "
                              f"{out / 'a' / 'seed0' / 'eval' / 'best-n10000.json'}")
     plan["runs"][0]["extra_evals"] = [{"name": "bad/name", "args": []}]
-    plan_file.write_text(yaml.safe_dump(plan))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), str(plan_file),
-                           "--out", str(out), "--dry-run"], capture_output=True, text=True,
-                          timeout=120)
+    proc = compare(plan, tmp_path / "plan.yaml", out, "--dry-run")
     assert proc.returncode != 0 and "run a: each of 'extra_evals' needs a name" in proc.stderr
