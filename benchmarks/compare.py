@@ -59,6 +59,8 @@ from pathlib import Path
 
 import yaml
 
+from adaptrain.claim import is_run
+
 
 def adaptrain_cmd() -> list[str]:
     return [sys.executable, "-m", "adaptrain.cli"]
@@ -75,12 +77,13 @@ def finished(d: Path) -> bool:
 
 def train_cmds(d: Path, entry: dict, seed: int, plan: dict, out: Path | None = None
                ) -> list[list[str]]:
-    """The command that trains (or resumes) run ``d``, or none when it has finished.
+    """The command that trains (or resumes) run ``d``, or none when it has finished; a directory
+    that holds an unfinished run is resumed (from its first epoch when it has no checkpoint).
     ``{out}`` and ``{seed}`` in an entry's overrides become the plan's output directory and
     the run's seed (e.g. ``init_from={out}/clean/seed{seed}``)."""
     if finished(d):
         return []
-    if (d / "checkpoints" / "last").is_dir():
+    if is_run(d):  # interrupted, perhaps before its first checkpoint: `--out` would refuse it
         return [[*adaptrain_cmd(), "train", "--resume", str(d), "--quiet"]]
     own = [o.replace("{out}", str(out)).replace("{seed}", str(seed)) if out else o
            for o in entry.get("overrides", [])]

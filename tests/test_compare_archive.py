@@ -134,3 +134,27 @@ def test_every_run_of_every_committed_plan_is_a_valid_config(plan_file, tmp_path
                     for o in [*plan.get("common", []), *entry.get("overrides", [])]]
             cfg = build_config(entry["preset"], [*over, f"seed={seed}"])
             assert cfg.seed == seed
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_resumed_not_refused(tmp_path):
+    """A run killed in its first epoch leaves config.yaml and summary.json, no checkpoint;
+    ``adaptrain train --out`` refuses such a directory, so the driver must resume it (the
+    resume starts from the first epoch). Found when a study run stopped at epoch 0."""
+    plan = {"seeds": [0], "common": ["epochs=1"], "eval": ["--attacks", "clean", "--n", "40"],
+            "runs": [{"label": "a", "preset": "quickstart-clean"}]}
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+    run = out / "a" / "seed0"
+    # what the kill left: the run's resolved config and its first summary
+    run.mkdir(parents=True)
+    cfg = subprocess.run([sys.executable, "-m", "adaptrain.cli", "config", "quickstart-clean",
+                          "epochs=1", "seed=0"], check=True, capture_output=True, text=True).stdout
+    (run / "config.yaml").write_text(cfg)
+    (run / "summary.json").write_text(json.dumps({"finished": False, "epochs_completed": 0}))
+    proc = compare(plan_file, out, "--dry-run")
+    trains = [ln for ln in proc.stdout.splitlines() if " train " in ln]
+    assert trains == [f"{sys.executable} -m adaptrain.cli train --resume {run} --quiet"]
+    proc = compare(plan_file, out)
+    assert "ok a seed 0" in proc.stdout, proc.stdout
+    assert json.loads((run / "summary.json").read_text())["finished"]
