@@ -41,8 +41,14 @@ from adaptrain import paired
 NOT_RUN = "not run"
 
 
+def eval_path(run: Path, which: str, name: str = "") -> Path:
+    """The eval JSON of a run's ``which`` checkpoint: the plan's evaluation, or the named extra
+    one (compare.py writes them here, this module reads them)."""
+    return run / "eval" / (f"{which}-{name}.json" if name else f"{which}.json")
+
+
 def _eval(out: Path, label: str, seed: int, which: str, name: str = "") -> dict | None:
-    f = out / label / f"seed{seed}" / "eval" / (f"{which}-{name}.json" if name else f"{which}.json")
+    f = eval_path(out / label / f"seed{seed}", which, name)
     return json.loads(f.read_text()) if f.is_file() else None
 
 
@@ -148,20 +154,14 @@ def costs(out: Path, plan: dict) -> tuple[str, dict]:
                 continue
             summary = json.loads((d / "summary.json").read_text())
             train_s = float(summary.get("wall_time_s") or 0.0)
-            evals = {}
-            for which in ("best", "last"):
-                doc = _eval(out, entry["label"], seed, which)
-                if doc is not None:
-                    evals[which] = _wall(doc)
-            if evals.get("last") == evals.get("best") and "last" in evals and same_epoch(summary):
-                evals["last"] = 0.0  # compare.py copied the best checkpoint's evaluation
-            other = sorted(f.stem for f in (d / "eval").glob("*-*.json"))  # the named extra ones
-            extra_s = {stem: _wall(json.loads((d / "eval" / f"{stem}.json").read_text()))
-                       for stem in other}
-            for stem in other:  # a copy of best-NAME as last-NAME (same epoch) costs nothing
-                best_stem = "best-" + stem.removeprefix("last-")
-                if stem.startswith("last-") and extra_s.get(best_stem) == extra_s[stem]:
-                    extra_s[stem] = 0.0
+            times = {f.stem: _wall(json.loads(f.read_text()))
+                     for f in sorted((d / "eval").glob("*.json"))}
+            for stem in times:  # compare.py copied the best checkpoint's evaluation (same epoch)
+                if (stem.startswith("last") and times.get("best" + stem[4:]) == times[stem]
+                        and same_epoch(summary)):
+                    times[stem] = 0.0
+            evals = {w: times[w] for w in ("best", "last") if w in times}
+            extra_s = {k: v for k, v in times.items() if k not in evals}  # the named extra ones
             cost[f"{entry['label']}/seed{seed}"] = {
                 "train_s": train_s, "epochs": summary.get("epochs_completed"),
                 "finished": bool(summary.get("finished")), "eval_s": {**evals, **extra_s}}

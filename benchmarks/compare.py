@@ -60,6 +60,7 @@ from pathlib import Path
 import yaml
 
 from adaptrain.claim import is_run
+from analyse import analyse, eval_path
 
 
 def adaptrain_cmd() -> list[str]:
@@ -102,7 +103,7 @@ class Evaluation:
     name: str = ""
 
     def path(self, d: Path) -> Path:
-        return d / "eval" / (f"{self.which}-{self.name}.json" if self.name else f"{self.which}.json")
+        return eval_path(d, self.which, self.name)
 
     def cmd(self, d: Path, plan: dict) -> list[str]:
         out = ["--out", str(self.path(d))] if self.name else []  # the plan's: eval's own default
@@ -391,8 +392,6 @@ def main() -> None:
         for msg in restore_runs(args.archive, args.out, plan):
             print(msg, flush=True)
     if args.analyse:
-        from analyse import analyse
-
         md, data = analyse(args.out, plan, n_boot=args.n_boot,
                            resample_seeds=not args.fixed_seeds)
         (args.out / "analysis.md").write_text(md + "\n")
