@@ -119,17 +119,18 @@ def analyse(out: Path, plan: dict, n_boot: int = 10_000, resample_seeds: bool = 
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for k, p in enumerate(r["parts"]):
+            f, unit = _scale(p["metric"])
+            fmt = "{:+.4f}" if f == 1.0 else "{:+.2f}"
             what = (f"{p['method']} − {p['baseline']}, {p['metric']}"
                     + (f" on eval {p['eval']}" if p.get("eval") else "") + f" ({p['direction']}"
-                    + (f" than {p['margin']:+g}" if p.get("margin") else " than 0") + ")")
+                    + (f" than {fmt.format(f * p['margin'])}{unit}" if p.get("margin") else " than 0")
+                    + ")")
             claim = f"**{r['claim']}**: {verdict_text(r, len(plan['seeds']))}" if k == 0 else ""
             ckpt = p["checkpoint"] + ("" if p["baseline_checkpoint"] == p["checkpoint"]
                                       else f" vs {p['baseline_checkpoint']}")
             if p["verdict"] == NOT_RUN:
                 lines.append(f"| {claim} | {what} | {ckpt} | - | - | - | - | not run |")
                 continue
-            f, unit = _scale(p["metric"])
-            fmt = "{:+.4f}" if f == 1.0 else "{:+.2f}"
             lines.append(
                 f"| {claim} | {what} | {ckpt} | {','.join(map(str, p['seeds']))} | "
                 f"{fmt.format(f * p['mean'])}{unit} | [{fmt.format(f * p['lo'])}, "

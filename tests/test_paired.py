@@ -272,3 +272,20 @@ def test_a_dry_run_lists_a_named_extra_evaluation_with_its_own_file(tmp_path):
     plan["runs"][0]["extra_evals"] = [{"name": "bad/name", "args": []}]
     proc = compare(plan, tmp_path / "plan.yaml", out, "--dry-run")
     assert proc.returncode != 0 and "run a: each of 'extra_evals' needs a name" in proc.stderr
+
+
+def test_a_margin_prints_in_the_units_of_its_difference(tmp_path):
+    """A margin is written as a fraction (``-0.005``: half a point) but the table prints the
+    difference in points, so the margin must print in points too (it read "-0.005" beside
+    "+0.57 pts" in the study's table)."""
+    rng = np.random.default_rng(0)
+    for label in ("base", "new"):
+        _write_eval(tmp_path / label / "seed0", "best", {"clean": rng.random(200) < 0.5})
+    plan = {"seeds": [0], "runs": [{"label": "base", "preset": "pgd-at"}],
+            "claims": [{"claim": "new ~ base", "parts": [
+                {"method": "new", "baseline": "base", "metric": "clean", "direction": "greater",
+                 "margin": -0.005}]}]}
+    proc = compare(plan, tmp_path / "plan.yaml", tmp_path, "--analyse", "--n-boot", "200")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "analysis.md").read_text()
+    assert "new − base, clean (greater than -0.50 pts) |" in md, md
