@@ -134,6 +134,11 @@ def test_every_run_of_every_committed_plan_is_a_valid_config(plan_file, tmp_path
                     for o in [*plan.get("common", []), *entry.get("overrides", [])]]
             cfg = build_config(entry["preset"], [*over, f"seed={seed}"])
             assert cfg.seed == seed
+    # a claim on a label no run has would read "not run" for ever instead of failing
+    labels = {entry["label"] for entry in rows}
+    for claim in plan.get("claims", []):
+        for part in claim["parts"]:
+            assert {part["method"], part["baseline"]} <= labels, (plan_file.name, part)
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_resumed_not_refused(tmp_path):
